@@ -1,0 +1,27 @@
+"""Built-in framework adapters: light hook objects that import a framework only on demand."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from ..hooks import hookimpl
+
+if TYPE_CHECKING:
+    from ..handle import ModelHandle
+    from ..options import AuditOptions
+
+
+class TorchAdapter:
+    """Audit ``torch.nn.Module`` models."""
+
+    @hookimpl(trylast=True)
+    def padaudit_adapt(self, model: object, options: AuditOptions) -> ModelHandle | None:
+        if "torch" not in sys.modules:  # no torch imported: model cannot be a Module
+            return None
+        from .torch import adapt
+
+        return adapt(model, options)
+
+
+BUILTIN_ADAPTERS: list[object] = [TorchAdapter()]

@@ -1,0 +1,146 @@
+"""Synthetic padded batches and the seeded loss weights laid over a model's outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .errors import PadAuditError
+
+
+@dataclass(frozen=True)
+class PadBatch:
+    """Token ids padded to a fixed width; ``mask`` is True at real tokens."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    pad_idx: int
+    padding_side: str = "right"
+    seed: int = 0
+    #: pad columns added on the padding side by :meth:`extended` (0 for the audit batch).
+    extra: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.ids.shape[0]), int(self.ids.shape[1]))
+
+    @property
+    def base_len(self) -> int:
+        """Width of the batch before :meth:`extended` appended columns."""
+        return self.shape[1] - self.extra
+
+    def extended(self, columns: int) -> PadBatch:
+        """Return the same sequences with ``columns`` more pad columns on the padding side."""
+        batch = self.shape[0]
+        pads = np.full((batch, columns), self.pad_idx, dtype=self.ids.dtype)
+        none = np.zeros((batch, columns), dtype=bool)
+        if self.padding_side == "right":
+            ids, mask = np.hstack([self.ids, pads]), np.hstack([self.mask, none])
+        else:
+            ids, mask = np.hstack([pads, self.ids]), np.hstack([none, self.mask])
+        return replace(self, ids=ids, mask=mask, extra=self.extra + columns)
+
+    def real_ids(self) -> np.ndarray:
+        """Return the distinct token ids at real positions, sorted."""
+        return np.unique(self.ids[self.mask])
+
+    def describe(self) -> str:
+        """Return a one-line description for failure messages."""
+        b, t = self.shape
+        return (
+            f"ids {self.ids.dtype}[{b}, {t}], lengths {self.lengths.tolist()}, "
+            f"pad id {self.pad_idx}, {self.padding_side} padding, seed {self.seed}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the batch as JSON primitives (enough to rebuild it)."""
+        return {
+            "ids": self.ids.tolist(),
+            "lengths": self.lengths.tolist(),
+            "pad_idx": self.pad_idx,
+            "padding_side": self.padding_side,
+            "seed": self.seed,
+        }
+
+
+def make_batch(
+    *,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    pad_idx: int,
+    pad_ids: Sequence[int] = (),
+    seed: int = 0,
+    padding_side: str = "right",
+) -> PadBatch:
+    """Draw ``batch_size`` sequences padded to exactly ``seq_len`` columns.
+
+    Row 0 is full length and row 1 is padded; the other lengths are uniform in
+    ``[1, seq_len]``. Real tokens are uniform over the vocabulary minus every pad id.
+    """
+    excluded = sorted({p for p in (pad_idx, *pad_ids) if 0 <= p < vocab_size})
+    usable = vocab_size - len(excluded)
+    if usable <= 0:
+        raise PadAuditError(
+            f"the vocabulary of {vocab_size} ids holds nothing but pad ids {excluded}: "
+            "pass vocab_size= larger than the pad ids"
+        )
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, seq_len + 1, size=batch_size)
+    lengths[0] = seq_len
+    lengths[1] = rng.integers(1, seq_len)
+    tokens = rng.integers(0, usable, size=(batch_size, seq_len))
+    for pad in excluded:  # shift draws past each pad id, in increasing order
+        tokens[tokens >= pad] += 1
+    columns = np.arange(seq_len)
+    if padding_side == "right":
+        mask = columns[None, :] < lengths[:, None]
+    else:
+        mask = columns[None, :] >= (seq_len - lengths)[:, None]
+    ids = np.where(mask, tokens, pad_idx).astype(np.int64)
+    return PadBatch(ids, mask, lengths.astype(np.int64), pad_idx, padding_side, seed)
+
+
+class LossPlan:
+    """Seeded weights in [0.5, 1.5) for each floating-point output of a model.
+
+    ``mode`` is ``"all"`` (every element), ``"masked"`` (pad-aligned positions of outputs
+    whose leading dims are the batch's shape get weight 0) or ``"real"`` (the invariance
+    check: as ``masked``, and the weights at real positions are those of the base batch, so
+    a batch with extra pad columns sees exactly the same weights where tokens are real).
+    """
+
+    def __init__(self, batch: PadBatch, mode: str, seed: int) -> None:
+        self.batch = batch
+        self.mode = mode
+        self.seed = seed
+
+    def aligned(self, shape: Sequence[int]) -> bool:
+        """Say whether an output of ``shape`` has one entry per token position."""
+        return len(shape) >= 2 and tuple(shape[:2]) == self.batch.shape
+
+    def weights(
+        self, index: int, shape: Sequence[int], mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Return float32 weights for output number ``index`` of ``shape``.
+
+        ``mask`` (batch, seq) is an extra mask the framework attached to the output.
+        """
+        shape = tuple(int(s) for s in shape)
+        rng = np.random.default_rng([self.seed, 7919, index])
+        if not self.aligned(shape) or self.mode == "all":
+            return rng.random(shape, dtype=np.float32) + np.float32(0.5)
+        b = self.batch
+        base = rng.random((shape[0], b.base_len, *shape[2:]), dtype=np.float32) + np.float32(0.5)
+        if b.extra:
+            full = np.zeros(shape, dtype=np.float32)
+            if b.padding_side == "right":
+                full[:, : b.base_len] = base
+            else:
+                full[:, b.extra :] = base
+            base = full
+        keep = b.mask if mask is None else (b.mask & mask.astype(bool))
+        return base * keep.reshape(keep.shape + (1,) * (len(shape) - 2))

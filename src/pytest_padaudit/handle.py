@@ -1,0 +1,110 @@
+"""The contract between the engine and a framework adapter.
+
+An adapter turns a model into a :class:`ModelHandle`; the engine drives the handle and
+decides the verdict. Handles speak NumPy at this boundary (pad rows, reduced gradients),
+never framework tensors, so the engine stays framework-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .batch import LossPlan, PadBatch
+    from .options import AuditOptions
+
+
+@dataclass(frozen=True)
+class Table:
+    """An embedding table found in the model."""
+
+    path: str
+    rows: int
+    dim: int
+    kind: str
+    #: the pad id audited (the layer's own, else ``pad_idx=``); None: not audited.
+    pad_idx: int | None
+    #: True when the pad id comes from the layer (``padding_idx``, ``mask_zero``).
+    own_pad: bool
+    trainable: bool = True
+    tied_with: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """The optimizer an update check steps with, described for failure messages."""
+
+    name: str
+    weight_decay: float = 0.0
+    state: Any = None
+
+
+@dataclass
+class Trace:
+    """Module inputs and outputs at real positions, in the order the modules finished.
+
+    Each entry is ``(path, inputs, outputs)``; ``owner`` names the model for messages.
+    """
+
+    owner: str = "model"
+    entries: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
+
+
+@runtime_checkable
+class ModelHandle(Protocol):
+    """One model under audit, as a framework adapter sees it."""
+
+    framework: str
+    model_class: str
+
+    def tables(self, pad_idx: int | None) -> list[Table]:
+        """List every embedding table, resolving each one's pad id."""
+
+    def default_vocab_size(self) -> int | None:
+        """Return the model's vocabulary size when it declares one (else None)."""
+
+    def preserve(self, seed: int) -> AbstractContextManager[None]:
+        """Snapshot all state the audit may touch; restore it bitwise on exit, always."""
+
+    def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
+        """Return each table's pad row as it is now."""
+
+    def train_pass(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+    ) -> dict[str, np.ndarray | None]:
+        """Run forward and backward in training mode; return each pad row's gradient."""
+
+    def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
+        """Build a fresh optimizer over the tables' weights from ``optimizer=``."""
+
+    def step(self, optimizer: OptimizerInfo) -> None:
+        """Apply one optimizer step with the gradients of the last :meth:`train_pass`."""
+
+    def invariance_pass(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Run forward and backward without train-only randomness.
+
+        Return every parameter's gradient (tables: only the rows real tokens or positions
+        can reach, pad rows left out) and the outputs at real positions.
+        """
+
+    def trace(self, batch: PadBatch) -> Trace:
+        """Run a forward pass recording each module's outputs at real positions."""
+
+    def explain(
+        self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
+    ) -> tuple[str, str, str]:
+        """Return (cause code, likely cause, fix) in the framework's words.
+
+        ``cause`` is the event the engine saw: ``grad``, ``nonfinite``, ``forward`` (the
+        forward pass moved the pad row; ``info`` the change), ``gradient`` (its own
+        gradient moved it), ``optimizer`` (``info`` the :class:`OptimizerInfo`) or
+        ``invariance`` (``info`` the first module whose outputs differ, or None).
+        """

@@ -1,0 +1,58 @@
+"""The project's plugin manager: built-in adapters, entry points, and registered plugins."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+
+hookimpl = pluggy.HookimplMarker("padaudit")
+ENTRY_POINT_GROUP = "padaudit"
+
+
+class _Manager(pluggy.PluginManager):
+    """Accept unmarked ``padaudit_*`` functions as hook implementations, as pytest does."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("padaudit_"):
+            method = getattr(plugin, name, None)
+            if inspect.isroutine(method):
+                return {}
+        return opts
+
+
+_manager: _Manager | None = None
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """Return the shared manager, creating it (and loading entry points) on first use."""
+    global _manager
+    if _manager is None:
+        from .adapters import BUILTIN_ADAPTERS
+
+        manager = _Manager("padaudit")
+        manager.add_hookspecs(hookspecs)
+        for adapter in BUILTIN_ADAPTERS:
+            manager.register(adapter, name=f"padaudit-builtin-{type(adapter).__name__}")
+        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _manager = manager
+    return _manager
+
+
+def register(plugin: object, name: str | None = None) -> str | None:
+    """Register a plugin (adapter, batch maker, result hook); later ones are asked first."""
+    manager = plugin_manager()
+    if manager.is_registered(plugin):
+        return manager.get_name(plugin)
+    return manager.register(plugin, name=name)
+
+
+def unregister(plugin: object) -> None:
+    """Remove a plugin registered with :func:`register`."""
+    manager = plugin_manager()
+    if manager.is_registered(plugin):
+        manager.unregister(plugin)

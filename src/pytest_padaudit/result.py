@@ -1,0 +1,123 @@
+"""What an audit found: per-table measurements, findings, and the report that holds them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import PadLeakError
+
+
+@dataclass
+class Finding:
+    """One problem: which check, where, how much (``message``), ``why``, and the ``fix``."""
+
+    check: str
+    layer: str
+    pad_idx: int | None
+    value: float
+    cause: str
+    message: str
+    why: str
+    fix: str
+    allowed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TableResult:
+    """One embedding table and what each check measured on its pad row."""
+
+    layer: str
+    kind: str
+    pad_idx: int | None
+    rows: int
+    skipped: str | None = None
+    grad: float | None = None
+    update: float | None = None
+    update_cause: str | None = None
+    tied_with: list[str] = field(default_factory=list)
+
+    @property
+    def audited(self) -> bool:
+        return self.pad_idx is not None and self.skipped is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class InvarianceResult:
+    """The invariance check: the worst relative difference and where the leak enters."""
+
+    value: float | None = None
+    worst: str | None = None
+    outputs: float | None = None
+    first_module: str | None = None
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AuditReport:
+    """The outcome of one audit. ``passed`` is False when a finding is not allowed."""
+
+    framework: str
+    model: str
+    options: dict[str, Any]
+    seed: int
+    reproduce: str
+    batch: dict[str, Any]
+    batch_text: str
+    tables: list[TableResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    invariance: InvarianceResult | None = None
+    notes: list[str] = field(default_factory=list)
+    test: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.leaks
+
+    @property
+    def leaks(self) -> list[Finding]:
+        """Return the findings that fail the audit (not allowed)."""
+        return [f for f in self.findings if not f.allowed]
+
+    def raise_if_leaking(self) -> AuditReport:
+        """Raise :class:`PadLeakError` with the full message when the audit failed."""
+        __tracebackhide__ = True
+        if not self.passed:
+            raise PadLeakError(self.failure_message(), self)
+        return self
+
+    def failure_message(self) -> str:
+        from .report import failure_message
+
+        return failure_message(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as JSON primitives."""
+        return {
+            "test": self.test,
+            "framework": self.framework,
+            "model": self.model,
+            "passed": self.passed,
+            "seed": self.seed,
+            "options": self.options,
+            "reproduce": self.reproduce,
+            "batch": self.batch,
+            "tables": [t.to_dict() for t in self.tables],
+            "findings": [f.to_dict() for f in self.findings],
+            "invariance": self.invariance.to_dict() if self.invariance else None,
+            "notes": list(self.notes),
+        }
+
+    def __str__(self) -> str:
+        from .report import render_text
+
+        return render_text(self)
