@@ -271,12 +271,14 @@ def _invariance(
     first, where, first_rel = _localise(handle, batch, longer, opts.rtol)
     result.first_module = first
     cause, why, fix = handle.explain("invariance", None, opts, first)
-    where = (
-        f"pad positions reach the real positions first in {where} (rel. diff {first_rel:.2g})"
-        if first
-        else "no submodule differs: the leak is in the model's own forward code"
-    )
-    detail = f"worst gradient {worst} (rel. diff {grad_rel:.2g})" if worst else "outputs"
+    if first:
+        why = (
+            f"pad positions first reach the real positions in {where} "
+            f"(rel. diff {first_rel:.2g}): {why}"
+        )
+    else:
+        why = f"no submodule's output differs, so the leak is in the model's own code: {why}"
+    detail = f"worst gradient {worst} {grad_rel:.2g}, " if worst else ""
     report.findings.append(
         Finding(
             "invariance",
@@ -285,7 +287,7 @@ def _invariance(
             result.value,
             cause,
             f"{opts.extra_columns} extra pad columns change what the real positions learn: "
-            f"{detail}, outputs at real positions {out_rel:.2g} (rtol {opts.rtol:g}); {where}",
+            f"rel. diff {result.value:.2g} ({detail}outputs {out_rel:.2g}; rtol {opts.rtol:g})",
             why,
             fix,
         )

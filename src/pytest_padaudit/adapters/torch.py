@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -314,12 +315,15 @@ class TorchHandle:
 
 
 def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Keep the real positions of a (batch, seq, ...) or (seq, batch, ...) tensor."""
-    shape = tuple(tensor.shape[:2])
-    if tensor.dim() >= 2 and shape == tuple(mask.shape):
+    """Keep the real positions of a (batch, seq, ...), (seq, batch, ...) or (batch, ch, seq)
+    tensor; return any other tensor whole."""
+    b, t = mask.shape
+    if tensor.dim() >= 2 and tuple(tensor.shape[:2]) == (b, t):
         return tensor[mask]
-    if tensor.dim() >= 2 and shape == tuple(mask.shape)[::-1]:
+    if tensor.dim() >= 2 and tuple(tensor.shape[:2]) == (t, b):
         return tensor.transpose(0, 1)[mask]
+    if tensor.dim() >= 3 and tensor.shape[0] == b and tensor.shape[-1] == t:
+        return tensor.movedim(-1, 1)[mask]
     return tensor
 
 
@@ -346,7 +350,9 @@ def _build_optimizer(params: list[nn.Parameter], spec: Any) -> torch.optim.Optim
         if spec is None:
             return torch.optim.SGD(params, lr=1.0)
         if isinstance(spec, torch.optim.Optimizer):
-            return type(spec)(_copied_groups(spec, params), **spec.defaults)
+            accepted = inspect.signature(type(spec)).parameters
+            settings = {k: v for k, v in spec.defaults.items() if k in accepted}
+            return type(spec)(_copied_groups(spec, params), **settings)
         if isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer):
             return spec(params)
         if callable(spec):
@@ -357,8 +363,9 @@ def _build_optimizer(params: list[nn.Parameter], spec: Any) -> torch.optim.Optim
     except PadAuditError:
         raise
     except Exception as exc:
-        raise PadAuditError(f"could not build the optimizer from {spec!r} ({exc}): {hint}") from exc
-    raise PadAuditError(f"optimizer={spec!r} is not usable: {hint}")
+        name = getattr(spec, "__name__", type(spec).__name__)
+        raise PadAuditError(f"could not build an optimizer from {name} ({exc}): {hint}") from exc
+    raise PadAuditError(f"optimizer={spec!r:.80} is not usable: {hint}")
 
 
 def _copied_groups(spec: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[dict]:

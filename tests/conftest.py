@@ -1,0 +1,23 @@
+"""Shared test set-up."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def pytest_configure() -> None:
+    """Run one audit per installed framework before any test.
+
+    pytester's in-process runs drop every module they imported when they end; torch
+    imports ~300 modules lazily on its first optimizer step, and refuses to register its
+    operator libraries twice. Importing them once here keeps them across pytester runs.
+    """
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        from pytest_padaudit import audit
+
+        audit(torch.nn.Embedding(4, 2, padding_idx=0), seq_len=2, batch_size=2)
