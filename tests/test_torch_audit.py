@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn
 
-from pytest_padaudit import PadLeakError, audit
+from pytest_padaudit import PadAuditError, PadLeakError, audit
 
 from torch_models import DIM, VOCAB, BagClassifier, Tagger, TiedLM, TwoTables
 
@@ -241,3 +241,50 @@ def test_output_shapes_of_nn_modules_are_accepted():
 def test_a_plain_embedding_is_a_model_too():
     report = audit(nn.Embedding(VOCAB, DIM, padding_idx=2), checks=TRAIN)
     assert report.passed and report.tables[0].layer == "(model)" and report.tables[0].pad_idx == 2
+
+
+class StepCounter(torch.optim.SGD):
+    """Not a built-in element-wise class: the audit must step the real table with it."""
+
+    steps = 0
+
+    def step(self, closure=None):
+        type(self).steps += 1
+        return super().step(closure)
+
+
+def test_other_optimizers_step_the_real_tables_and_agree():
+    model = nonzero_pad_row(Tagger())
+    before = model.embed.weight.detach().clone()
+    decay = {"lr": 0.1, "weight_decay": 0.5}
+    proxied = audit(model, optimizer=lambda p: torch.optim.SGD(p, **decay), checks=TRAIN)
+    full = audit(model, optimizer=lambda p: StepCounter(p, **decay), checks=TRAIN)
+    assert StepCounter.steps == 1
+    assert full.findings[0].value == pytest.approx(proxied.findings[0].value, rel=1e-6)
+    assert torch.equal(model.embed.weight, before) and model.embed.sparse is False
+
+
+def test_an_optimizer_that_cannot_step_the_gradient_is_one_clear_error():
+    message = None
+    with pytest.raises(PadAuditError) as err:
+        audit(Tagger(sparse=True), optimizer=lambda p: StepCounter(p, weight_decay=0.1))
+    message = str(err.value)
+    assert "StepCounter could not step" in message and "sparse" in message
+
+
+def test_no_table_sized_copy_unless_the_table_can_move(monkeypatch):
+    model = Tagger()
+    table = model.embed.weight.numel()
+    sizes = []
+    clone = torch.Tensor.clone
+
+    def recording(self, *args, **kwargs):
+        sizes.append(self.numel())
+        return clone(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "clone", recording)
+    assert audit(model, optimizer=torch.optim.AdamW).passed
+    assert sizes and max(sizes) < table  # pad rows and the small head only
+    sizes.clear()
+    audit(model, optimizer=lambda p: StepCounter(p, lr=0.1), checks=TRAIN)
+    assert table in sizes  # a non-element-wise optimizer moves every row: saved whole

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +17,7 @@ from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
 from ..handle import OptimizerInfo, Table, Trace
 from ..options import AuditOptions
+from .torch_optim import PadRowStepper, pad_row_grad
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 _ROOT = "(model)"
@@ -72,7 +72,11 @@ class TorchHandle:
         self.options = options
         self.model_class = type(model).__qualname__
         self._layers: dict[str, nn.Embedding | nn.EmbeddingBag] = {}
-        self._optimizer: torch.optim.Optimizer | None = None
+        self._audited: list[Table] = []
+        #: (tensor, copy) pairs put back when the audit ends; whole tables join when needed.
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        #: the audited layers' own ``sparse`` flags; audits run them sparse where they can.
+        self._sparse: list[tuple[nn.Module, bool]] = []
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | None) -> list[Table]:
@@ -114,6 +118,7 @@ class TorchHandle:
                     notes,
                 )
             )
+        self._audited = [t for t in found if t.pad_idx is not None]
         return found
 
     def default_vocab_size(self) -> int | None:
@@ -128,12 +133,29 @@ class TorchHandle:
     # -- state -----------------------------------------------------------------------
     @contextmanager
     def preserve(self, seed: int) -> Iterator[None]:
+        """Snapshot what the audit can change; put it back bitwise on exit.
+
+        An audited table is saved whole only when something may move more than its pad row
+        (max_norm in the forward pass; a non-element-wise optimizer, see make_optimizer):
+        otherwise saving its pad row is enough, and no O(vocab) copy is made.
+        """
         model = self.model
         params = list(model.parameters())
-        saved = [p.detach().clone() for p in params]
+        layers = {id(self._layers[t.path].weight): self._layers[t.path] for t in self._audited}
+        self._saved = [
+            (p, p.detach().clone())
+            for p in params
+            if id(p) not in layers or getattr(layers[id(p)], "max_norm", None)
+        ]
+        rows = [
+            (layer.weight, t.pad_idx, layer.weight.detach()[t.pad_idx].clone())
+            for t in self._audited
+            for layer in [self._layers[t.path]]
+        ]
         grads = [p.grad for p in params]
         buffers = [(b, b.detach().clone()) for b in model.buffers()]
         modes = [(m, m.training) for m in model.modules()]
+        self._sparse = [(layer, layer.sparse) for layer in layers.values()]
         devices = [d for d in {p.device for p in params} if d.type == "cuda"]
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
@@ -144,14 +166,20 @@ class TorchHandle:
                         torch.cuda.manual_seed(seed)
                 for p in params:
                     p.grad = None
+                for layer in layers.values():
+                    layer.sparse = layer.sparse or _can_be_sparse(layer)
                 yield
         finally:
-            self._optimizer = None
             with torch.no_grad():
-                for p, value in zip(params, saved, strict=True):
+                for weight, pad, row in rows:
+                    weight[pad] = row
+                for p, value in self._saved:
                     p.copy_(value)
                 for b, value in buffers:
                     b.copy_(value)
+            self._saved = []
+            for layer, flag in self._sparse:
+                layer.sparse = flag
             for p, grad in zip(params, grads, strict=True):
                 p.grad = grad
             for m, training in modes:
@@ -233,27 +261,27 @@ class TorchHandle:
         return {t.path: self._pad_grad(t) for t in tables}
 
     def _pad_grad(self, table: Table) -> np.ndarray | None:
-        grad = self._layers[table.path].weight.grad
-        if grad is None:
-            return None
-        if grad.is_sparse:  # sum the pad id's entries; never densify the table
-            grad = grad.coalesce()
-            hit = grad.indices()[0] == table.pad_idx
-            values = grad.values()[hit]
-            return _to_numpy(values.sum(0) if len(values) else values.new_zeros(table.dim))
-        return _to_numpy(grad[table.pad_idx])
+        grad = pad_row_grad(self._layers[table.path].weight, table.pad_idx)
+        return None if grad is None else _to_numpy(grad)
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
-        weights = {
-            id(layer.weight): layer.weight
-            for layer in (self._layers[t.path] for t in tables)
-            if layer.weight.requires_grad
-        }
-        if not weights:  # every table frozen: nothing for an optimizer to move
+        pairs = {}
+        for t in tables:
+            weight = self._layers[t.path].weight
+            if weight.requires_grad:
+                pairs[(id(weight), t.pad_idx)] = (weight, t.pad_idx)
+        if not pairs:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
-        self._optimizer = _build_optimizer(list(weights.values()), spec)
-        decay = max(g.get("weight_decay", 0.0) for g in self._optimizer.param_groups)
-        return OptimizerInfo(type(self._optimizer).__name__, float(decay), self._optimizer)
+        stepper = PadRowStepper(list(pairs.values()), spec)
+        if stepper.full:  # it steps the real tables: save them whole, give them dense grads
+            whole = {id(p) for p, _ in self._saved}
+            for weight, _ in pairs.values():
+                if id(weight) not in whole:
+                    self._saved.append((weight, weight.detach().clone()))
+                    whole.add(id(weight))
+            for layer, flag in self._sparse:  # and the gradients the user's training gives
+                layer.sparse = flag
+        return OptimizerInfo(stepper.name, stepper.weight_decay, stepper)
 
     def step(self, optimizer: OptimizerInfo) -> None:
         if optimizer.state is not None:
@@ -327,6 +355,16 @@ def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _can_be_sparse(layer: nn.Module) -> bool:
+    """Say whether a table can give sparse gradients (O(tokens), not O(vocab))."""
+    weight = layer.weight
+    return (
+        weight.layout == torch.strided
+        and weight.device.type in ("cpu", "cuda")
+        and not (isinstance(layer, nn.EmbeddingBag) and layer.mode == "max")
+    )
+
+
 def _reachable_rows(
     batch: PadBatch, tables: Sequence[Table], layers: Mapping[str, nn.Module]
 ) -> dict[int, torch.Tensor]:
@@ -339,43 +377,6 @@ def _reachable_rows(
         rows = rows[(rows < t.rows) & (rows != t.pad_idx)]
         reach[id(layers[t.path].weight)] = torch.from_numpy(rows)
     return reach
-
-
-def _build_optimizer(params: list[nn.Parameter], spec: Any) -> torch.optim.Optimizer:
-    hint = (
-        "pass optimizer= an optimizer class, an optimizer instance (its class and "
-        "hyper-parameters are copied), or a factory lambda params: torch.optim.AdamW(params)"
-    )
-    try:
-        if spec is None:
-            return torch.optim.SGD(params, lr=1.0)
-        if isinstance(spec, torch.optim.Optimizer):
-            accepted = inspect.signature(type(spec)).parameters
-            settings = {k: v for k, v in spec.defaults.items() if k in accepted}
-            return type(spec)(_copied_groups(spec, params), **settings)
-        if isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer):
-            return spec(params)
-        if callable(spec):
-            built = spec(params)
-            if isinstance(built, torch.optim.Optimizer):
-                return built
-            raise PadAuditError(f"optimizer= returned {type(built).__name__}: {hint}")
-    except PadAuditError:
-        raise
-    except Exception as exc:
-        name = getattr(spec, "__name__", type(spec).__name__)
-        raise PadAuditError(f"could not build an optimizer from {name} ({exc}): {hint}") from exc
-    raise PadAuditError(f"optimizer={spec!r:.80} is not usable: {hint}")
-
-
-def _copied_groups(spec: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[dict]:
-    """Give each table the hyper-parameters of the user's group that holds it."""
-    groups = []
-    for param in params:
-        match = next((g for g in spec.param_groups if any(p is param for p in g["params"])), None)
-        settings = {k: v for k, v in (match or spec.defaults).items() if k != "params"}
-        groups.append({**settings, "params": [param]})
-    return groups
 
 
 def _grad_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:

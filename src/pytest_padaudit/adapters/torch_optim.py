@@ -1,0 +1,145 @@
+"""Optimizers for the PyTorch update check.
+
+Built-in element-wise optimizers (SGD, Adam, AdamW, ...) update each element from its own
+gradient and state alone, so stepping a copy of the pad row is exactly what stepping the whole
+table would do to that row, at O(dim) instead of O(vocab). Any other optimizer (LBFGS,
+Adafactor, a subclass with its own step) is stepped on the real tables.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PadAuditError
+
+#: optimizers whose update of an element depends on that element's gradient and state only.
+ELEMENTWISE = frozenset(
+    getattr(torch.optim, name)
+    for name in (
+        "SGD",
+        "Adam",
+        "AdamW",
+        "Adamax",
+        "NAdam",
+        "RAdam",
+        "RMSprop",
+        "Adagrad",
+        "Adadelta",
+        "ASGD",
+        "Rprop",
+    )
+    if hasattr(torch.optim, name)
+)
+HINT = (
+    "pass optimizer= an optimizer class, an optimizer instance (its class and "
+    "hyper-parameters are copied), or a factory lambda params: torch.optim.AdamW(params)"
+)
+
+
+def pad_row_grad(weight: torch.Tensor, pad: int) -> torch.Tensor | None:
+    """Return the pad row's gradient, summing a sparse gradient's entries for it."""
+    grad = weight.grad
+    if grad is None:
+        return None
+    if not grad.is_sparse:
+        return grad[pad]
+    grad = grad.coalesce()
+    values = grad.values()[grad.indices()[0] == pad]
+    return values.sum(0) if len(values) else values.new_zeros(weight.shape[1:])
+
+
+class PadRowStepper:
+    """Step the audited tables' pad rows as ``optimizer=`` would; never touch the user's one.
+
+    ``full`` is True when the optimizer is not element-wise: then it steps the real tables,
+    whose gradients must be dense and whose weights the caller must snapshot.
+    """
+
+    def __init__(self, weights: Sequence[tuple[nn.Parameter, int]], spec: Any) -> None:
+        self.weights = list(weights)
+        self.proxies = [nn.Parameter(w.detach()[pad : pad + 1].clone()) for w, pad in weights]
+        self.optimizer = build_optimizer(self.proxies, [w for w, _ in weights], spec)
+        self.full = type(self.optimizer) not in ELEMENTWISE
+        if self.full:
+            self.proxies = []
+            self.optimizer = build_optimizer([w for w, _ in weights], None, spec)
+
+    @property
+    def name(self) -> str:
+        return type(self.optimizer).__name__
+
+    @property
+    def weight_decay(self) -> float:
+        return float(max(g.get("weight_decay", 0.0) or 0.0 for g in self.optimizer.param_groups))
+
+    def step(self) -> None:
+        """Apply one step with the gradients of the last backward pass."""
+        if self.full:
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:
+                raise PadAuditError(
+                    f"{self.name} could not step the embedding tables ({exc}); training with "
+                    "it fails the same way: pass an optimizer that supports the tables' "
+                    "gradients (sparse=True tables need e.g. SGD without weight_decay or "
+                    "SparseAdam)"
+                ) from exc
+            return
+        for proxy, (weight, pad) in zip(self.proxies, self.weights, strict=True):
+            grad = pad_row_grad(weight, pad)
+            proxy.grad = None if grad is None else grad.detach().reshape(proxy.shape).clone()
+            with torch.no_grad():  # the forward pass may have changed the row (max_norm)
+                proxy.copy_(weight[pad : pad + 1])
+        self.optimizer.step()
+        with torch.no_grad():
+            for proxy, (weight, pad) in zip(self.proxies, self.weights, strict=True):
+                weight[pad : pad + 1] = proxy
+
+
+def build_optimizer(
+    params: list[nn.Parameter], originals: list[nn.Parameter] | None, spec: Any
+) -> torch.optim.Optimizer:
+    """Build a fresh optimizer over ``params`` from ``optimizer=``.
+
+    ``originals[i]`` is the model parameter ``params[i]`` stands for, used to find the
+    user's param group (and its hyper-parameters) when ``spec`` is an optimizer instance.
+    """
+    try:
+        if spec is None:
+            return torch.optim.SGD(params, lr=1.0)
+        if isinstance(spec, torch.optim.Optimizer):
+            accepted = inspect.signature(type(spec)).parameters
+            settings = {k: v for k, v in spec.defaults.items() if k in accepted}
+            return type(spec)(_copied_groups(spec, params, originals or params), **settings)
+        if isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer):
+            return spec(params)
+        if callable(spec):
+            built = spec(params)
+            if isinstance(built, torch.optim.Optimizer):
+                return built
+            raise PadAuditError(f"optimizer= returned {type(built).__name__}: {HINT}")
+    except PadAuditError:
+        raise
+    except Exception as exc:
+        name = getattr(spec, "__name__", type(spec).__name__)
+        raise PadAuditError(f"could not build an optimizer from {name} ({exc}): {HINT}") from exc
+    raise PadAuditError(f"optimizer={spec!r:.80} is not usable: {HINT}")
+
+
+def _copied_groups(
+    spec: torch.optim.Optimizer, params: list[nn.Parameter], originals: list[nn.Parameter]
+) -> list[dict]:
+    """Give each parameter the hyper-parameters of the user's group holding its original."""
+    groups = []
+    for param, original in zip(params, originals, strict=True):
+        match = next(
+            (g for g in spec.param_groups if any(p is original for p in g["params"])), None
+        )
+        settings = {k: v for k, v in (match or spec.defaults).items() if k != "params"}
+        groups.append({**settings, "params": [param]})
+    return groups
