@@ -1,0 +1,198 @@
+"""Benchmark pytest-padaudit against the bare training work it wraps.
+
+Run ``python bench/run.py`` (``--quick`` for fewer repeats). Every figure is a ratio measured
+inside one run, because absolute times on shared machines are noise. Prints a table with each
+figure beside its target and writes ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from frameworks import FRAMEWORKS, Bench  # noqa: E402
+
+BATCH, SEQ = 32, 128
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Return the median wall time of ``fn`` over ``repeats`` calls, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def paired(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Time ``a`` and ``b`` alternately, so drift on a shared machine hits both alike."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, out in ((a, ta), (b, tb)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def startup(repeats: int) -> dict[str, object]:
+    """Collect a one-test file with and without the plugin; report the median difference."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "test_one.py").write_text("def test_one():\n    assert True\n")
+        (root / "conftest.py").write_text(
+            "import sys\n"
+            "def pytest_unconfigure(config):\n"
+            "    heavy = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]\n"
+            "    open('heavy.txt', 'w').write(' '.join(heavy))\n"
+        )
+        base = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+        def run(*extra: str) -> Callable[[], object]:
+            return lambda: subprocess.run(
+                [*base, *extra], cwd=root, env=env, check=True, capture_output=True
+            )
+
+        with_plugin, without = paired(run(), run("-p", "no:padaudit"), repeats)
+        run()()
+        heavy = (root / "heavy.txt").read_text().split()
+    return {
+        "figure": "pytest start-up, plugin vs -p no:padaudit (median of %d)" % repeats,
+        "value": (with_plugin - without) * 1e3,
+        "unit": "ms",
+        "target": "<= +20 ms, no framework imported",
+        "ok": (with_plugin - without) * 1e3 <= 20 and not heavy,
+        "detail": f"{with_plugin * 1e3:.0f} vs {without * 1e3:.0f} ms; frameworks imported: "
+        f"{heavy or 'none'}",
+    }
+
+
+def ratios(bench: Bench, repeats: int) -> list[dict[str, object]]:
+    """Time the audit against the bare work on one framework's models."""
+    from pytest_padaudit import audit
+
+    rows = []
+    grad_times = {}
+    for name, model in bench.models():
+        options = {"batch_size": BATCH, "seq_len": SEQ, **bench.audit_options(model)}
+        n = max(3, repeats // 3) if "1M" in name else repeats
+        grad, fb = paired(
+            lambda: audit(model, checks=("grad",), **options), bench.forward_backward(model), n
+        )
+        full, step = paired(lambda: audit(model, **options), bench.train_step(model), n)
+        grad_times[name] = (grad, fb)
+        rows.append(
+            {
+                "figure": f"{bench.name} {name}: audit(grad) / bare forward+backward",
+                "value": grad / fb,
+                "unit": "x",
+                "target": "<= 1.2x",
+                "ok": grad / fb <= 1.2,
+                "detail": f"{grad * 1e3:.1f} / {fb * 1e3:.1f} ms",
+            }
+        )
+        rows.append(
+            {
+                "figure": f"{bench.name} {name}: default audit / bare train step",
+                "value": full / step,
+                "unit": "x",
+                "target": "<= 2.5x",
+                "ok": full / step <= 2.5,
+                "detail": f"{full * 1e3:.1f} / {step * 1e3:.1f} ms",
+            }
+        )
+    (g1, f1), (g0, f0) = grad_times["pool 1M"], grad_times["pool 10k"]
+    scaling = (g1 / g0) / (f1 / f0)
+    rows.append(
+        {
+            "figure": f"{bench.name}: grad-check 1M/10k vocab over bare forward+backward 1M/10k",
+            "value": scaling,
+            "unit": "",
+            "target": "<= 1.2",
+            "ok": scaling <= 1.2,
+            "detail": f"audit {g1 / g0:.2f}x, bare {f1 / f0:.2f}x",
+        }
+    )
+    return rows
+
+
+def memory(bench: Bench) -> dict[str, object]:
+    """Measure in a fresh process: peak RSS after an audit minus after bare train steps."""
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from frameworks import FRAMEWORKS\n"
+        "print(FRAMEWORKS[%r]().peak_rss_extra())\n"
+    ) % (str(HERE), bench.name)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    extra, table = (float(x) for x in out.stdout.split()[-2:])
+    return {
+        "figure": f"{bench.name} pool 1M: peak RSS of an audit minus a bare train step",
+        "value": extra / table,
+        "unit": "x tables",
+        "target": "<= 1.1x the audited tables' bytes",
+        "ok": extra / table <= 1.1,
+        "detail": f"{extra / 2**20:.0f} MiB extra, tables {table / 2**20:.0f} MiB",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    parser.add_argument("--only", choices=sorted(FRAMEWORKS), help="one framework")
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 15
+    started = time.time()
+    rows = [startup(10 if args.quick else 15)]
+    for name, make in FRAMEWORKS.items():
+        if args.only and name != args.only:
+            continue
+        bench = make()
+        if not bench.available():
+            rows.append({"figure": f"{name}: not installed", "value": None, "ok": None})
+            continue
+        rows += ratios(bench, repeats)
+        rows.append(memory(bench))
+    print_table(rows)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"\nmachine: {machine}; took {time.time() - started:.0f} s")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    return 0 if all(r["ok"] is not False for r in rows) else 1
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    head = ("figure", "value", "target", "ok", "detail")
+    cells = [
+        (
+            str(r["figure"]),
+            "-" if r.get("value") is None else f"{r['value']:.2f} {r.get('unit', '')}".strip(),
+            str(r.get("target", "")),
+            {True: "yes", False: "NO", None: "-"}[r["ok"]],
+            str(r.get("detail", "")),
+        )
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
+    for line in [head, tuple("-" * w for w in widths), *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
