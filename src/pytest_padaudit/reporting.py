@@ -30,7 +30,11 @@ _HINT = (
     "none drops the reports given before it)"
 )
 _SENT = pytest.StashKey[int]()
-_MARKUP = {"leak": {"red": True, "bold": True}, "allowed": {"yellow": True}}
+_MARKUP = {
+    "leak": {"red": True, "bold": True},
+    "allowed": {"yellow": True},
+    "audit": {"bold": True},
+}
 
 
 @dataclass(frozen=True)
