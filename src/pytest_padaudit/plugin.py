@@ -15,6 +15,8 @@ from .errors import PadAuditError, PadLeakError
 if TYPE_CHECKING:
     from .result import AuditReport
 
+#: ``--padaudit-report``: the reports after the run, and audits carried in test reports.
+pytest_plugins = ["pytest_padaudit.reporting"]
 MARKER = "padaudit"
 #: ini options that give audit defaults (call kwargs > marker kwargs > ini).
 INI_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {

@@ -1,0 +1,176 @@
+"""The pytest side of ``--padaudit-report``: carry audits in test reports, merge, write.
+
+Every test report that follows an audit carries it as JSON primitives (the attribute
+:data:`ATTR`), so pytest-xdist brings the workers' audits to the controller; the
+controller's :class:`ReportSession` collects them and writes the one merged report.
+Workers write nothing. Rendering lives in :mod:`pytest_padaudit.report`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import __version__
+from . import report as render
+from .plugin import REPORTS
+
+#: the TestReport attribute that holds the audits run since the previous report.
+ATTR = "padaudit_audits"
+SECTION = "padaudit reproduction"
+KINDS = ("term", "json", "md")
+DEFAULT_PATHS = {"json": "padaudit-report.json", "md": "padaudit-report.md"}
+_HINT = (
+    "pass term, json, json:PATH, md or md:PATH (repeat the option for several reports; "
+    "none drops the reports given before it)"
+)
+_SENT = pytest.StashKey[int]()
+_MARKUP = {
+    "leak": {"red": True, "bold": True},
+    "allowed": {"yellow": True},
+    "audit": {"bold": True},
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One requested report: its kind and, for files, the path (None: the default)."""
+
+    kind: str
+    path: str | None = None
+
+
+def parse_targets(values: Sequence[str], source: str) -> list[Target]:
+    """Turn ``--padaudit-report`` values into targets; raise UsageError on a bad one."""
+    targets: list[Target] = []
+    for value in values:
+        if value == "none":
+            targets.clear()
+            continue
+        kind, colon, path = value.partition(":")
+        if kind not in KINDS or (colon and not path) or (kind == "term" and colon):
+            hint = _HINT
+            if source.startswith("--"):
+                hint += f"; a bare {source} takes the next argument: write {source}=term"
+            raise pytest.UsageError(f"{source}={value!r} is not a padaudit report: {hint}")
+        targets.append(Target(kind, path or None))
+    return list(dict.fromkeys(targets))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("padaudit")
+    group.addoption(
+        "--padaudit-report",
+        action="append",
+        nargs="?",
+        const="term",
+        default=None,
+        metavar="TYPE",
+        dest="padaudit_report",
+        help="after the run, report every audit: term (the default), json[:PATH], md[:PATH] "
+        "(paths default to padaudit-report.json/.md; md alone appends to "
+        "$GITHUB_STEP_SUMMARY when set); repeatable; none: no report (ini: padaudit_report)",
+    )
+    parser.addini(
+        "padaudit_report",
+        "reports written after every run, as for --padaudit-report (e.g. term json:a.json)",
+        type="args",
+        default=[],
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: its audits travel in reports
+        return
+    values = config.getoption("padaudit_report")
+    source = "--padaudit-report"
+    if values is None:
+        values, source = config.getini("padaudit_report"), "ini padaudit_report"
+    targets = parse_targets(values, source)
+    if targets:
+        config.pluginmanager.register(ReportSession(config, targets), "padaudit-report")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the audits run since the last report: JUnit properties, data, reproduction."""
+    audits = item.stash.get(REPORTS, [])
+    new = [render.primitives(a.to_dict()) for a in audits[item.stash.get(_SENT, 0) :]]
+    item.stash[_SENT] = len(audits)
+    for audit in new:  # item.user_properties reach the teardown report, which junitxml reads
+        item.user_properties.extend(render.junit_properties(audit))
+    report = yield
+    if new:
+        setattr(report, ATTR, new)
+        report.sections.extend((SECTION, render.reproduction(a)) for a in new if not a["passed"])
+    return report
+
+
+class ReportSession:
+    """Collect the audits of a session (merged from xdist workers) and write the reports."""
+
+    def __init__(self, config: pytest.Config, targets: list[Target]) -> None:
+        self.config = config
+        self.targets = targets
+        self.audits: list[dict[str, Any]] = []
+        #: (line, ok) for the terminal: where each file went, or why it did not.
+        self.written: list[tuple[str, bool]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.outcome != "rerun":  # pytest-rerunfailures: the last run counts
+            self.audits.extend(getattr(report, ATTR, ()))
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """Return the audits by test id, each test's audits in the order they ran."""
+        return sorted(self.audits, key=lambda a: str(a.get("test")))
+
+    def pytest_sessionfinish(self) -> None:
+        audits = self.ordered()
+        for target in self.targets:
+            if target.kind == "json":
+                data = render.build_json(audits, f"pytest-padaudit {__version__}")
+                from .hooks import plugin_manager
+
+                plugin_manager().hook.padaudit_report_json(config=self.config, data=data)
+                self._write(target, render.dump_json(data))
+            elif target.kind == "md":
+                self._write(target, render.render_markdown(audits))
+
+    def _write(self, target: Target, text: str) -> None:
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        append = target.kind == "md" and target.path is None and bool(summary)
+        name = summary if append else target.path or DEFAULT_PATHS[target.kind]
+        path = self.config.invocation_params.dir / Path(str(name))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a" if append else "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            self.written.append((f"padaudit {target.kind} report NOT written: {exc}", False))
+            return
+        how = "appended to" if append else "written to"
+        self.written.append((f"padaudit {target.kind} report {how} {path}", True))
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        tr = terminalreporter
+        if any(t.kind == "term" for t in self.targets):
+            audits = self.ordered()
+            tr.write_sep("=", "padaudit report")
+            width = self.config.get_terminal_writer().fullwidth
+            for line, status in render.render_table(audits, width):
+                tr.write_line(line, **_MARKUP.get(status, {}))
+            if not audits:
+                tr.write_line("no test ran a padaudit audit")
+            else:
+                summary = render.summarize(audits)
+                leaking = summary["leaking"] > 0 or summary["failed_audits"] > 0
+                tr.write_line(render.total_line(summary), bold=True, red=leaking, green=not leaking)
+        for line, ok in self.written:
+            tr.write_line(line, red=not ok)

@@ -1,0 +1,458 @@
+"""``--padaudit-report``: terminal table, JSON, Markdown, JUnit, reproduction, xdist."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+
+import pytest
+from torch import nn
+
+from pytest_padaudit import audit
+from pytest_padaudit import report as render
+
+MODELS = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, padding_idx=0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(20, 4, padding_idx=padding_idx)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, ids):
+        return self.out(self.emb(ids))
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder_stack_with_a_long_name = nn.ModuleDict(
+            {"token_embedding_table_for_subword_pieces": nn.Embedding(20, 4, padding_idx=0)}
+        )
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, ids):
+        stack = self.encoder_stack_with_a_long_name
+        return self.out(stack["token_embedding_table_for_subword_pieces"](ids))
+"""
+
+TESTS = """
+import pytest
+from padmodels import Tiny
+
+
+@pytest.fixture
+def model():
+    return Tiny()
+
+
+@pytest.mark.padaudit
+def test_clean(model):
+    pass
+
+
+def test_leaky(padaudit):
+    padaudit(Tiny(padding_idx=None), pad_idx=0)
+
+
+def test_two(padaudit):
+    padaudit(Tiny())
+    padaudit(Tiny(), seed=5)
+
+
+def test_nothing():
+    pass
+"""
+
+CLEAN_ROW = ["test_report_demo.py::test_clean", "torch", "Tiny", "emb", "0", "0", "0"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _load_torch_here() -> None:
+    """Run one audit out here first: torch cannot be imported twice in a process, and an
+    in-process pytester run unloads the modules it imported (torch._dynamo loads lazily)."""
+    audit(nn.Sequential(nn.Embedding(20, 4, padding_idx=0), nn.Linear(4, 3)))
+
+
+@pytest.fixture
+def demo(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    pytester.makepyfile(padmodels=MODELS, test_report_demo=TESTS)
+    return pytester
+
+
+def section(result: pytest.RunResult) -> list[str]:
+    """Return the lines of the ``padaudit report`` terminal section (one, asserted)."""
+    lines = result.outlines
+    starts = [i for i, line in enumerate(lines) if " padaudit report " in line]
+    assert len(starts) == 1, "\n".join(lines)
+    body = lines[starts[0] + 1 :]
+    end = next((i for i, line in enumerate(body) if line.startswith("=")), len(body))
+    return body[:end]
+
+
+def test_terminal_table_has_clean_and_leaking_rows(demo: pytest.Pytester) -> None:
+    result = demo.runpytest("--padaudit-report")
+    result.assert_outcomes(passed=3, failed=1)
+    lines = section(result)
+    assert lines[0].split() == [
+        *("test", "framework", "model", "layer", "pad", "id"),
+        *("grad", "max|g|", "update", "max|Δ|", "inv.", "rel.", "diff", "verdict"),
+    ]
+    rows = {line.split()[0]: line.split() for line in lines[2:-1]}
+    assert rows["test_report_demo.py::test_clean"] == [*CLEAN_ROW, "0", "clean"]
+    leaky = rows["test_report_demo.py::test_leaky"]
+    assert leaky[:5] == ["test_report_demo.py::test_leaky", "torch", "Tiny", "emb", "0"]
+    assert float(leaky[5]) > 0 and float(leaky[6]) > 0 and leaky[7] == "(gradient)"
+    assert leaky[-3:] == ["LEAK:", "grad,", "update"]
+    assert [line.split()[0] for line in lines[2:-1]].count("test_report_demo.py::test_two") == 2
+    assert "test_nothing" not in "\n".join(lines)
+    assert lines[-1] == "4 tables audited in 3 tests: 1 leaking"
+
+
+def test_leaking_rows_are_red_when_colour_is_on(demo: pytest.Pytester) -> None:
+    result = demo.runpytest("--padaudit-report", "--color=yes")
+    lines = section(result)
+    leak = [line for line in lines if "LEAK" in line]
+    clean = [line for line in lines if "test_clean" in line]
+    assert len(leak) == 1 and "\x1b[31m" in leak[0]
+    assert len(clean) == 1 and "\x1b[31m" not in clean[0]
+    assert "\x1b[31m" in lines[-1]  # the total says there is a leak
+
+
+def test_long_layer_and_test_names_are_shortened_in_the_middle(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "150")
+    pytester.makepyfile(
+        padmodels=MODELS,
+        test_long=textwrap.dedent(
+            """
+            import pytest
+            from padmodels import Deep, Tiny
+
+            @pytest.mark.parametrize("name", ["a-parameter-id-that-makes-this-test-id-long"])
+            def test_deep_model_with_a_rather_long_test_function_name(padaudit, name):
+                padaudit(Deep())
+
+            def test_short(padaudit):
+                padaudit(Tiny())
+            """
+        ),
+    )
+    result = pytester.runpytest("--padaudit-report")
+    result.assert_outcomes(passed=2)
+    lines = section(result)
+    assert all(len(line) <= 150 for line in lines), "\n".join(lines)
+    deep = next(line for line in lines if "Deep" in line)
+    test_cell, layer_cell = deep.split()[0], deep.split()[3]
+    assert test_cell.startswith("test_long.py::") and test_cell.endswith("-long]")
+    assert "…" in test_cell
+    assert layer_cell.startswith("encoder_stack") and layer_cell.endswith("pieces")
+    assert "…" in layer_cell
+    # a long id shortens its own cell only: the short test keeps its full id
+    assert any(line.startswith("test_long.py::test_short ") for line in lines)
+
+
+def test_narrow_terminal_puts_each_audit_under_a_heading(
+    demo: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = demo.runpytest("--padaudit-report")
+    lines = section(result)
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    assert lines[0].split() == [
+        "layer",
+        "pad",
+        "max|g|",
+        "max|Δ|",
+        "(cause)",
+        "inv.diff",
+        "verdict",
+    ]
+    headings = [line for line in lines if not line.startswith(" ")]
+    assert headings[:4] == [
+        "test_report_demo.py::test_clean · Tiny (torch)",
+        "test_report_demo.py::test_leaky · Tiny (torch)",
+        "test_report_demo.py::test_two · Tiny (torch)",
+        "test_report_demo.py::test_two · Tiny (torch)",
+    ]
+    leaky = lines[lines.index(headings[1]) + 1].split()
+    assert leaky[0] == "emb" and leaky[-3:] == ["LEAK:", "grad,", "update"]
+    assert lines[-1] == "4 tables audited in 3 tests: 1 leaking"
+
+
+def test_json_markdown_and_term_at_once(demo: pytest.Pytester) -> None:
+    result = demo.runpytest(
+        "--padaudit-report=json:out/audits.json",
+        "--padaudit-report=md:summary.md",
+        "--padaudit-report",
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    assert section(result)[-2] == f"padaudit json report written to {demo.path / 'out/audits.json'}"
+    data = json.loads((demo.path / "out/audits.json").read_text())
+    assert data["version"] == render.JSON_VERSION
+    assert data["summary"] == {
+        "tests": 3,
+        "audits": 4,
+        "tables": 4,
+        "leaking": 1,
+        "allowed": 0,
+        "skipped": 0,
+        "failed_audits": 1,
+    }
+    tests = [a["test"] for a in data["audits"]]
+    assert tests == [f"test_report_demo.py::test_{n}" for n in ("clean", "leaky", "two", "two")]
+    assert [a["seed"] for a in data["audits"]] == [0, 0, 0, 5]
+    assert [a["options"]["seed"] for a in data["audits"]] == [0, 0, 0, 5]
+    leaky = data["audits"][1]
+    assert leaky["passed"] is False and leaky["options"]["pad_idx"] == 0
+    assert [(f["check"], f["layer"], f["cause"]) for f in leaky["findings"]] == [
+        ("grad", "emb", "no_padding_idx"),
+        ("update", "emb", "gradient"),
+    ]
+    md = (demo.path / "summary.md").read_text()
+    assert md.startswith("### padaudit report\n\n**4 tables audited in 3 tests: 1 leaking**\n")
+    assert "| test | framework | model | layer | pad id | grad max\\|g\\| |" in md
+    assert (
+        "| `test_report_demo.py::test_clean` | torch | Tiny | `emb` | 0 | 0 | 0 | 0 | ✅ clean |"
+        in md
+    )
+    leak_rows = [line for line in md.splitlines() if "❌ **LEAK: grad, update**" in line]
+    assert len(leak_rows) == 1 and "test_leaky" in leak_rows[0]
+    assert "<summary>2 findings</summary>" in md and "construct it with padding_idx=0" in md
+
+
+def test_ini_sets_the_default_and_none_drops_it(demo: pytest.Pytester) -> None:
+    demo.makeini("[pytest]\npadaudit_report = json:ini.json term\n")
+    result = demo.runpytest()
+    assert section(result)[-2] == "4 tables audited in 3 tests: 1 leaking"
+    assert json.loads((demo.path / "ini.json").read_text())["summary"]["audits"] == 4
+    (demo.path / "ini.json").unlink()
+    result = demo.runpytest("--padaudit-report=none")
+    assert "padaudit report" not in result.stdout.str()
+    assert not (demo.path / "ini.json").exists()
+
+
+def test_bad_report_value_is_a_usage_error(demo: pytest.Pytester) -> None:
+    result = demo.runpytest("--padaudit-report=html")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--padaudit-report='html' is not a padaudit report: pass term, json, json:PATH, md*"]
+    )
+
+
+def test_md_without_path_appends_to_github_step_summary(
+    demo: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = demo.path / "step_summary.md"
+    summary.write_text("## earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = demo.runpytest("--padaudit-report=md")
+    result.stdout.fnmatch_lines([f"padaudit md report appended to {summary}"])
+    text = summary.read_text()
+    assert text.startswith("## earlier step\n### padaudit report\n")
+    assert text.count("❌ **LEAK") == 1
+    assert not (demo.path / render_default("md")).exists()
+
+
+def render_default(kind: str) -> str:
+    from pytest_padaudit.reporting import DEFAULT_PATHS
+
+    return DEFAULT_PATHS[kind]
+
+
+def test_junit_xml_carries_each_audit_as_properties(demo: pytest.Pytester) -> None:
+    demo.runpytest("--junitxml=junit.xml")
+    cases = {c.get("name"): c for c in ET.parse(demo.path / "junit.xml").iter("testcase")}
+    props = {
+        name: [(p.get("name"), p.get("value")) for p in case.iter("property")]
+        for name, case in cases.items()
+    }
+    assert props["test_nothing"] == []
+    assert [n for n, _ in props["test_two"]] == ["padaudit", "padaudit_json"] * 2
+    (name, line), (_, raw) = props["test_leaky"]
+    assert name == "padaudit"
+    assert line.startswith("Tiny (torch), seed 0: LEAK: [grad] emb: pad-row gradient max|g| = ")
+    audit = json.loads(raw)
+    assert audit["test"] == "test_report_demo.py::test_leaky" and audit["passed"] is False
+    assert props["test_clean"][0] == ("padaudit", "Tiny (torch), seed 0: passed (1 table)")
+
+
+def test_failing_audit_attaches_the_reproduction(demo: pytest.Pytester) -> None:
+    result = demo.runpytest("--padaudit-seed=3")
+    result.assert_outcomes(passed=3, failed=1)
+    out = result.stdout.str()
+    assert out.count(" padaudit reproduction ") == 1
+    assert out.index("PadLeakError") < out.index(" padaudit reproduction ")
+    result.stdout.fnmatch_lines(
+        [
+            "*- padaudit reproduction -*",
+            "model:     Tiny (torch), seed 3",
+            "reproduce: audit(model, pad_idx=0, seed=3)",
+            "rerun:     pytest 'test_report_demo.py::test_leaky' --padaudit-seed=3",
+            'options:   {"allow": [], *"pad_idx": 0, *"seed": 3, *}',
+            "batch:     pad id 0, right padding, lengths [[]16, *], seed 3; ids:",
+            "  [[]*, 0]",
+        ]
+    )
+
+
+def test_json_hook_in_conftest_adjusts_the_data(demo: pytest.Pytester) -> None:
+    demo.makeconftest(
+        """
+        def padaudit_report_json(config, data):
+            data["ci"] = {"seed_option": config.getoption("padaudit_seed")}
+            for audit in data["audits"]:
+                del audit["batch"]["ids"]
+        """
+    )
+    demo.runpytest("--padaudit-report=json", "--padaudit-seed=2")
+    data = json.loads((demo.path / render_default("json")).read_text())
+    assert data["ci"] == {"seed_option": 2}
+    assert all("ids" not in a["batch"] and a["batch"]["seed"] == 2 for a in data["audits"])
+
+
+def test_result_hook_in_conftest_collects_and_vetoes(demo: pytest.Pytester) -> None:
+    demo.makeconftest(
+        """
+        SEEN = []
+
+        def padaudit_audit_finished(report):
+            SEEN.append(report.model)
+            for finding in report.findings:
+                finding.allowed = True  # veto: this project accepts the leak
+
+        def pytest_sessionfinish(session):
+            print("audits seen:", len(SEEN))
+        """
+    )
+    result = demo.runpytest("--padaudit-report", "-s")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*audits seen: 4*"])
+    leaky = next(line for line in section(result) if "test_leaky" in line)
+    assert leaky.endswith("  allowed: no_padding_idx, gradient")
+    assert section(result)[-1] == "4 tables audited in 3 tests: 0 leaking, 1 allowed"
+
+
+def test_xdist_controller_prints_one_merged_report(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    summary = pytester.path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makepyfile(padmodels=MODELS, test_report_demo=TESTS)
+    pytester.makepyfile(
+        test_more=textwrap.dedent(
+            """
+            import pytest
+            from padmodels import Tiny
+
+            @pytest.mark.parametrize("seed", [1, 2, 3])
+            def test_seeded(padaudit, seed):
+                padaudit(Tiny(), seed=seed)
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--padaudit-report", "--padaudit-report=json:merged.json", "--padaudit-report=md"
+    )
+    result.assert_outcomes(passed=6, failed=1)
+    expected = [
+        *(f"test_more.py::test_seeded[{s}]" for s in (1, 2, 3)),
+        *(f"test_report_demo.py::test_{n}" for n in ("clean", "leaky", "two", "two")),
+    ]
+    lines = section(result)
+    assert [line.split()[0] for line in lines[2:-3]] == expected
+    assert lines[-3] == "7 tables audited in 6 tests: 1 leaking"
+    assert lines[-2] == f"padaudit json report written to {pytester.path / 'merged.json'}"
+    assert lines[-1] == f"padaudit md report appended to {summary}"
+    data = json.loads((pytester.path / "merged.json").read_text())
+    assert [a["test"] for a in data["audits"]] == expected
+    assert [a["seed"] for a in data["audits"][:3]] == [1, 2, 3]
+    text = summary.read_text()  # appended once, by the controller only
+    assert text.count("### padaudit report") == 1 and text.count("| `test_") == 7
+    assert "gw0" not in text and "gw1" not in text
+
+
+def test_report_modules_import_no_framework() -> None:
+    code = (
+        "import sys, pytest_padaudit.plugin, pytest_padaudit.reporting, pytest_padaudit.report\n"
+        "heavy = ('numpy', 'torch', 'tensorflow', 'keras', 'transformers')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- the renderer on its own ---------------------------------------------------------------
+
+
+TABLE = {"kind": "Embedding", "pad_idx": None, "rows": 20, "skipped": None, "grad": None}
+TABLE |= {"update": None, "update_cause": None, "tied_with": []}
+
+
+def _audit(test: str, layer: str, *, leak: bool = False) -> dict:
+    finding = {
+        "check": "grad",
+        "layer": layer,
+        "allowed": False,
+        "cause": "no_padding_idx",
+        "message": "m",
+        "why": "w",
+        "fix": "f",
+    }
+    return {
+        "test": test,
+        "framework": "torch",
+        "model": "Tiny",
+        "passed": not leak,
+        "seed": 0,
+        "tables": [
+            {**TABLE, "layer": layer, "pad_idx": 0, "grad": 0.5 if leak else 0.0},
+            {**TABLE, "layer": "unpadded", "skipped": "no pad id: pass pad_idx= to audit it"},
+        ],
+        "findings": [finding] if leak else [],
+        "invariance": {"value": "inf" if leak else 1e-9, "skipped": None},
+    }
+
+
+def test_render_table_middle_ellipsis_keeps_both_ends() -> None:
+    layer = "encoder.layers.0.attention.self.token_type_embeddings"
+    audits = [_audit("tests/test_a.py::test_one", layer, leak=True)]
+    lines = render.render_table(audits, width=150)
+    row = lines[2][0]
+    assert len(row) == 150 and lines[2][1] == "leak"
+    cell = row.split()[3]
+    assert cell.startswith("encoder.") and cell.endswith("embeddings") and "…" in cell
+    assert row.split()[-2:] == ["LEAK:", "grad"] and row.split()[-3] == "inf"
+    assert lines[3][1] == "skipped" and lines[3][0].split()[-1] == "skipped"
+    assert render.render_table(audits, width=None)[2][0].split()[3] == layer
+
+
+def test_summary_counts_audited_tables_and_a_finding_without_table() -> None:
+    audit = _audit("t::x", "emb")
+    audit["findings"] = [{**_audit("t::x", "(model)", leak=True)["findings"][0]}]
+    audit["passed"] = False
+    summary = render.summarize([audit, _audit("t::y", "emb")])
+    assert render.total_line(summary) == (
+        "2 tables audited in 2 tests: 1 leaking, 2 skipped (no pad id)"
+    )
+    assert render.primitives({"a": float("nan"), "b": (1, float("-inf"))}) == {
+        "a": "nan",
+        "b": [1, "-inf"],
+    }
+
+
+def test_json_text_is_strict() -> None:
+    text = render.dump_json(render.build_json([_audit("t::x", "emb", leak=True)], "g"))
+    assert json.loads(text)["audits"][0]["invariance"]["value"] == "inf"
