@@ -11,6 +11,7 @@ from .errors import PadAuditError, PadLeakError
 from .hooks import hookimpl, register, unregister
 
 if TYPE_CHECKING:
+    from .checkpoint import audit_checkpoint
     from .engine import audit
     from .result import AuditReport, Finding
 
@@ -20,6 +21,7 @@ __all__ = [
     "PadAuditError",
     "PadLeakError",
     "audit",
+    "audit_checkpoint",
     "hookimpl",
     "register",
     "unregister",
@@ -32,6 +34,10 @@ def __getattr__(name: str) -> Any:
         from .engine import audit
 
         return audit
+    if name == "audit_checkpoint":
+        from .checkpoint import audit_checkpoint
+
+        return audit_checkpoint
     if name in ("AuditReport", "Finding"):
         from . import result
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import zerocode
 from .errors import PadAuditError, PadLeakError
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="seed of every audit, overriding markers and calls (ini: padaudit_seed)",
     )
+    zerocode.addoption(group)
     for name, (_, text) in INI_OPTIONS.items():
         parser.addini(f"padaudit_{name}", text, default="")
 
@@ -57,6 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "leaks after the test passes (options as for pytest_padaudit.audit)",
     )
     config.stash[DEFAULTS] = _ini_defaults(config)
+    zerocode.configure(config)
 
 
 def _ini_defaults(config: pytest.Config) -> dict[str, Any]:

@@ -24,4 +24,16 @@ class TorchAdapter:
         return adapt(model, options)
 
 
-BUILTIN_ADAPTERS: list[object] = [TorchAdapter()]
+class HFAdapter:
+    """Audit Hugging Face transformers PyTorch models (asked before the plain torch one)."""
+
+    @hookimpl
+    def padaudit_adapt(self, model: object, options: AuditOptions) -> ModelHandle | None:
+        if "transformers.modeling_utils" not in sys.modules or "torch" not in sys.modules:
+            return None
+        from .hf import adapt
+
+        return adapt(model, options)
+
+
+BUILTIN_ADAPTERS: list[object] = [TorchAdapter(), HFAdapter()]

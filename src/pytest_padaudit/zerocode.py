@@ -1,0 +1,251 @@
+"""Zero-code audits: ``--padaudit-model`` and ``--padaudit-checkpoint`` become test items.
+
+``--padaudit-model=pkg.mod:factory?pad_idx=0&seq_len=32`` imports ``pkg.mod``, takes
+``factory`` (a model, or a callable that returns one when called with no arguments) and
+audits it with the options after ``?`` (``name=value`` pairs joined by ``&``; each value is
+read as a Python literal, else kept as a string; ``a,b`` is a tuple of strings).
+``--padaudit-checkpoint=PATH?pad_idx=0&baseline=old.pt`` runs ``audit_checkpoint``.
+
+This module imports no framework and no NumPy: the plugin imports it at start-up.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import PadAuditError
+
+MODEL_OPTION = "--padaudit-model"
+CHECKPOINT_OPTION = "--padaudit-checkpoint"
+
+
+def addoption(group: Any) -> None:
+    """Add the zero-code options to the plugin's option group."""
+    group.addoption(
+        MODEL_OPTION,
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY[?OPTIONS]",
+        help="audit the model a factory returns, as a generated test item; repeatable. "
+        "OPTIONS: name=value pairs joined by &, values as Python literals "
+        "(e.g. 'mypkg.models:build?pad_idx=0&seq_len=32')",
+    )
+    group.addoption(
+        CHECKPOINT_OPTION,
+        action="append",
+        default=[],
+        metavar="PATH[?OPTIONS]",
+        help="check the pad rows of saved weights (state_dict, .safetensors, .weights.h5, "
+        ".keras) as a generated test item; repeatable. OPTIONS as for audit_checkpoint: "
+        "expect, pad_idx, keys, baseline, atol (e.g. 'ft.pt?baseline=base.pt&pad_idx=1')",
+    )
+
+
+def configure(config: pytest.Config) -> None:
+    """Register the item generator when a zero-code option was given."""
+    models = config.getoption("padaudit_model", default=None) or []
+    checkpoints = config.getoption("padaudit_checkpoint", default=None) or []
+    if models or checkpoints:
+        config.pluginmanager.register(ZeroCode(models, checkpoints), "padaudit-zerocode")
+
+
+def parse_spec(text: str, flag: str) -> tuple[str, dict[str, Any]]:
+    """Split ``target?name=value&...`` into the target and its options."""
+    target, _, query = text.partition("?")
+    options: dict[str, Any] = {}
+    for pair in filter(None, query.split("&")):
+        name, eq, raw = pair.partition("=")
+        if not eq or not name.strip():
+            raise PadAuditError(
+                f"{flag}={text}: option {pair!r} has no value: write name=value pairs joined "
+                "by &, e.g. ?pad_idx=0&seq_len=32"
+            )
+        options[name.strip()] = _value(raw.strip())
+    if not target.strip():
+        raise PadAuditError(f"{flag}={text}: nothing to audit before '?'")
+    return target.strip(), options
+
+
+def _value(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if "," in raw:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+
+
+def resolve(target: str, flag: str, search: list[Path]) -> object:
+    """Import ``module:attr.path`` and return the object; one clear error when it fails."""
+    module_name, colon, attrs = target.partition(":")
+    if not colon or not module_name or not attrs:
+        raise PadAuditError(
+            f"{flag}={target}: expected MODULE:FACTORY, e.g. {flag}=mypkg.models:build_model"
+        )
+    module = _import(module_name, flag, target, search)
+    obj: Any = module
+    for part in attrs.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")][:8]
+            raise PadAuditError(
+                f"{flag}={target}: {module_name} has no attribute {attrs!r}: pass one of "
+                f"{', '.join(names) or 'its functions'}"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import(name: str, flag: str, target: str, search: list[Path]) -> Any:
+    for attempt in range(2):
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            ours = exc.name is not None and (name == exc.name or name.startswith(exc.name + "."))
+            if not ours:
+                raise PadAuditError(
+                    f"{flag}={target}: importing {name} failed: {exc} "
+                    "(install what it needs, or fix the module)"
+                ) from None
+            added = [str(p) for p in search if str(p) not in sys.path]
+            if attempt or not added:
+                raise PadAuditError(
+                    f"{flag}={target}: no module named {name!r} (searched sys.path and "
+                    f"{search[0]}): pass an importable module, e.g. mypkg.models:build_model"
+                ) from None
+            sys.path[:0] = added  # as `python -m pytest` would: the invocation directory
+        except Exception as exc:
+            raise PadAuditError(
+                f"{flag}={target}: importing {name} raised {type(exc).__name__}: {exc}"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+class ZeroCode:
+    """Generate one test item per ``--padaudit-model`` and ``--padaudit-checkpoint``."""
+
+    def __init__(self, models: list[str], checkpoints: list[str]) -> None:
+        self.models = models
+        self.checkpoints = checkpoints
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        errors: list[str] = []
+        made: list[pytest.Item] = []
+        search = [config.invocation_params.dir, config.rootpath]
+        for spec in self.models:
+            try:
+                made.append(_model_item(session, spec, search))
+            except PadAuditError as exc:
+                errors.append(str(exc))
+        for spec in self.checkpoints:
+            try:
+                made.append(_checkpoint_item(session, spec, config.invocation_params.dir))
+            except PadAuditError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise pytest.UsageError(*errors)
+        for item in made:
+            config.hook.pytest_itemcollected(item=item)
+        report = pytest.CollectReport(session.nodeid, "passed", None, made)
+        config.hook.pytest_collectreport(report=report)  # "collected N items" counts them
+        items.extend(made)
+
+
+def _model_item(session: pytest.Session, spec: str, search: list[Path]) -> pytest.Item:
+    from .engine import find_handle
+    from .options import AuditOptions
+
+    target, options = parse_spec(spec, MODEL_OPTION)
+    try:
+        AuditOptions.from_kwargs(**options)
+    except PadAuditError as exc:
+        raise PadAuditError(f"{MODEL_OPTION}={spec}: {exc}") from None
+    obj = resolve(target, MODEL_OPTION, search)
+    if find_handle(obj) is None and not callable(obj):
+        raise PadAuditError(
+            f"{MODEL_OPTION}={spec}: {target} is a {type(obj).__name__}, neither a model nor "
+            "a callable that returns one: pass a factory function, a model class or a model"
+        )
+    name = f"padaudit[{spec}]"
+    return ModelItem.from_parent(
+        session, name=name, nodeid=name, spec=spec, obj=obj, options=options
+    )
+
+
+def _checkpoint_item(session: pytest.Session, spec: str, base: Path) -> pytest.Item:
+    target, options = parse_spec(spec, CHECKPOINT_OPTION)
+    known = {"expect", "pad_idx", "keys", "baseline", "atol"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise PadAuditError(
+            f"{CHECKPOINT_OPTION}={spec}: unknown option {', '.join(unknown)}: pass "
+            f"{', '.join(sorted(known))}"
+        )
+    path = base / target
+    if not path.is_file():
+        raise PadAuditError(f"{CHECKPOINT_OPTION}={spec}: no file {str(path)!r}: pass a path")
+    if isinstance(options.get("baseline"), str):
+        options["baseline"] = str(base / options["baseline"])
+    name = f"padaudit-checkpoint[{spec}]"
+    return CheckpointItem.from_parent(session, name=name, nodeid=name, path_=path, options=options)
+
+
+class _ZeroCodeItem(pytest.Item):
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, PadAuditError):
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, self.name
+
+
+class ModelItem(_ZeroCodeItem):
+    """Audit the model a ``--padaudit-model`` spec names."""
+
+    def __init__(self, *, spec: str, obj: object, options: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.obj = obj
+        self.options = options
+
+    def runtest(self) -> None:
+        from .engine import find_handle
+        from .plugin import run_audit
+
+        model = self.obj if find_handle(self.obj) is not None else self.obj()
+        if find_handle(model) is None:
+            raise PadAuditError(
+                f"{MODEL_OPTION}={self.spec}: the factory returned a "
+                f"{type(model).__module__}.{type(model).__qualname__}, not a model padaudit "
+                "can audit: return a torch.nn.Module or a keras.Model holding an embedding"
+            )
+        report = run_audit(self, model, dict(self.options))
+        self.add_report_section("call", "padaudit", str(report))
+        if not report.passed:
+            pytest.fail(report.failure_message(), pytrace=False)
+
+
+class CheckpointItem(_ZeroCodeItem):
+    """Check the pad rows of the weights a ``--padaudit-checkpoint`` spec names."""
+
+    def __init__(self, *, path_: Path, options: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.file = path_
+        self.options = options
+
+    def runtest(self) -> None:
+        from .checkpoint import audit_checkpoint
+
+        report = audit_checkpoint(self.file, **self.options)
+        self.add_report_section("call", "padaudit", str(report))
+        if not report.passed:
+            pytest.fail(report.failure_message(), pytrace=False)
