@@ -10,9 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pytest_padaudit import PadAuditError, audit  # noqa: E402
-from pytest_padaudit.adapters.hf import HFHandle, shift_right  # noqa: E402
-from pytest_padaudit.options import AuditOptions  # noqa: E402
+from pytest_padaudit import PadAuditError, audit
+from pytest_padaudit.adapters.hf import HFHandle, shift_right
+from pytest_padaudit.options import AuditOptions
 
 # hidden sizes differ from seq_len (16) so no (batch, hidden) output looks token-aligned
 SMALL = dict(vocab_size=99, num_hidden_layers=1, num_attention_heads=2)

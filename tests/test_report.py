@@ -112,7 +112,7 @@ def test_terminal_table_has_clean_and_leaking_rows(demo: pytest.Pytester) -> Non
     assert rows["test_report_demo.py::test_clean"] == [*CLEAN_ROW, "0", "clean"]
     leaky = rows["test_report_demo.py::test_leaky"]
     assert leaky[:5] == ["test_report_demo.py::test_leaky", "torch", "Tiny", "emb", "0"]
-    assert float(leaky[5]) > 0 and float(leaky[6]) > 0 and leaky[7] == "(gradient)"
+    assert float(leaky[5]) > 0 and float(leaky[6]) > 0 and leaky[7] == "(no_padding_idx)"
     assert leaky[-3:] == ["LEAK:", "grad,", "update"]
     assert [line.split()[0] for line in lines[2:-1]].count("test_report_demo.py::test_two") == 2
     assert "test_nothing" not in "\n".join(lines)
@@ -218,7 +218,7 @@ def test_json_markdown_and_term_at_once(demo: pytest.Pytester) -> None:
     assert leaky["passed"] is False and leaky["options"]["pad_idx"] == 0
     assert [(f["check"], f["layer"], f["cause"]) for f in leaky["findings"]] == [
         ("grad", "emb", "no_padding_idx"),
-        ("update", "emb", "gradient"),
+        ("update", "emb", "no_padding_idx"),
     ]
     md = (demo.path / "summary.md").read_text()
     assert md.startswith("### padaudit report\n\n**4 tables audited in 3 tests: 1 leaking**\n")
@@ -340,7 +340,7 @@ def test_result_hook_in_conftest_collects_and_vetoes(demo: pytest.Pytester) -> N
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*audits seen: 4*"])
     leaky = next(line for line in section(result) if "test_leaky" in line)
-    assert leaky.endswith("  allowed: no_padding_idx, gradient")
+    assert leaky.endswith("  allowed: no_padding_idx")
     assert section(result)[-1] == "4 tables audited in 3 tests: 0 leaking, 1 allowed"
 
 

@@ -223,12 +223,12 @@ def _judge_update(
     if change == change and change <= opts.atol:
         return
     if forward > opts.atol:
-        event, info = "forward", forward
-    elif grad != grad or grad > opts.atol:
-        event, info = "gradient", grad
+        cause, why, fix = handle.explain("forward", t, opts, forward)
+    elif grad != grad or grad > opts.atol:  # the grad finding's cause, so allow= covers both
+        cause, why, fix = handle.explain("nonfinite" if grad != grad else "grad", t, opts, None)
+        why = f"its own non-zero gradient (max|g| = {grad:.3g}) moved it: {why}"
     else:
-        event, info = "optimizer", optimizer
-    cause, why, fix = handle.explain(event, t, opts, info)
+        cause, why, fix = handle.explain("optimizer", t, opts, optimizer)
     result.update_cause = cause
     steps = f"{opts.steps} {optimizer.name} step" + ("s" if opts.steps > 1 else "")
     report.findings.append(

@@ -103,8 +103,9 @@ class ModelHandle(Protocol):
     ) -> tuple[str, str, str]:
         """Return (cause code, likely cause, fix) in the framework's words.
 
-        ``cause`` is the event the engine saw: ``grad``, ``nonfinite``, ``forward`` (the
-        forward pass moved the pad row; ``info`` the change), ``gradient`` (its own
-        gradient moved it), ``optimizer`` (``info`` the :class:`OptimizerInfo`) or
-        ``invariance`` (``info`` the first module whose outputs differ, or None).
+        ``cause`` is the event the engine saw: ``grad`` (the pad row has gradient),
+        ``nonfinite``, ``forward`` (the forward pass moved the pad row; ``info`` the
+        change), ``optimizer`` (it moved a row whose gradient is zero; ``info`` the
+        :class:`OptimizerInfo`) or ``invariance`` (``info`` the first module whose outputs
+        differ, or None).
         """

@@ -20,7 +20,6 @@ CAUSES = (
     "unmasked",
     "max_norm",
     "weight_decay",
-    "gradient",
     "optimizer",
     "nonfinite",
     "invariance",

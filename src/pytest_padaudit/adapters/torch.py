@@ -407,14 +407,6 @@ def _grad_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str
     )
 
 
-def _gradient_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
-    """Give the update the grad check's cause, so ``allow=`` accepts both findings."""
-    if info != info:
-        return _EXPLAIN["nonfinite"](handle, t, info)
-    cause, why, fix = handle.explain("grad", t, handle.options, None)
-    return cause, f"its own non-zero gradient (max|g| = {info:.3g}) moved it: {why}", fix
-
-
 def _forward_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
     layer = handle._layers[t.path]
     if getattr(layer, "max_norm", None):
@@ -494,7 +486,6 @@ _EXPLAIN: dict[str, Callable[[TorchHandle, Any, Any], tuple[str, str, str]]] = {
         "guard the pad positions (clamp denominators, mask before log) and rerun with the seed",
     ),
     "forward": _forward_words,
-    "gradient": lambda h, t, i: _gradient_words(h, t, i),
     "optimizer": _optimizer_words,
     "invariance": _invariance_words,
 }
