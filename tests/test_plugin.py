@@ -177,8 +177,8 @@ def test_conftest_hook_can_veto_a_leak(suite):
         MODELS
         + """
 def padaudit_audit_finished(report):
-    for finding in report.findings:
-        if finding.layer == "embed":
+    for finding in report.findings:  # the hook knows which test audits
+        if report.test.endswith("::test_leak") and finding.layer == "embed":
             finding.allowed = True
 """
     )

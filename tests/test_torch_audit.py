@@ -288,3 +288,20 @@ def test_no_table_sized_copy_unless_the_table_can_move(monkeypatch):
     sizes.clear()
     audit(model, optimizer=lambda p: StepCounter(p, lr=0.1), checks=TRAIN)
     assert table in sizes  # a non-element-wise optimizer moves every row: saved whole
+
+
+def test_tables_sharing_one_weight_are_listed_once_and_not_called_tied():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder_embed = nn.Embedding(VOCAB, DIM, padding_idx=0)
+            self.decoder_embed = nn.Embedding(VOCAB, DIM, padding_idx=0)
+            self.decoder_embed.weight = self.encoder_embed.weight
+            self.head = nn.Linear(DIM, 2)
+
+        def forward(self, ids):
+            return self.head(self.encoder_embed(ids) + self.decoder_embed(ids))
+
+    report = audit(Shared(), checks=TRAIN)
+    assert report.passed and [t.layer for t in report.tables] == ["encoder_embed"]
+    assert report.tables[0].tied_with == []

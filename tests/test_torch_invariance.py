@@ -122,3 +122,16 @@ def test_default_checks_include_invariance():
     report = audit(MeanPool(masked=False))
     assert {f.check for f in report.findings} == {"invariance"}
     assert report.options["checks"] == ["grad", "update", "invariance"]
+
+
+def test_a_pooled_output_as_wide_as_the_batch_is_not_taken_for_per_token():
+    """(batch, hidden) with hidden == seq_len must not get pad-position weights."""
+
+    class Pooled(MeanPool):
+        def __init__(self):
+            super().__init__(masked=True)
+            self.head = nn.Linear(8, 16)
+
+    report, inv = invariance(Pooled(), seq_len=16)
+    assert report.passed, report.failure_message()
+    assert inv.value < 1e-5

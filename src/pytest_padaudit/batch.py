@@ -113,14 +113,21 @@ class LossPlan:
     a batch with extra pad columns sees exactly the same weights where tokens are real).
     """
 
-    def __init__(self, batch: PadBatch, mode: str, seed: int) -> None:
+    def __init__(
+        self, batch: PadBatch, mode: str, seed: int, only: frozenset[int] | None = None
+    ) -> None:
         self.batch = batch
         self.mode = mode
         self.seed = seed
+        #: outputs allowed to count as per-token (None: any whose shape fits).
+        self.only = only
+        #: the outputs :meth:`weights` treated as per-token.
+        self.per_token: set[int] = set()
 
-    def aligned(self, shape: Sequence[int]) -> bool:
-        """Say whether an output of ``shape`` has one entry per token position."""
-        return len(shape) >= 2 and tuple(shape[:2]) == self.batch.shape
+    def aligned(self, shape: Sequence[int], index: int | None = None) -> bool:
+        """Say whether output ``index`` of ``shape`` has one entry per token position."""
+        fits = len(shape) >= 2 and tuple(shape[:2]) == self.batch.shape
+        return fits and (self.only is None or index is None or index in self.only)
 
     def weights(
         self, index: int, shape: Sequence[int], mask: np.ndarray | None = None
@@ -131,8 +138,9 @@ class LossPlan:
         """
         shape = tuple(int(s) for s in shape)
         rng = np.random.default_rng([self.seed, 7919, index])
-        if not self.aligned(shape) or self.mode == "all":
+        if not self.aligned(shape, index) or self.mode == "all":
             return rng.random(shape, dtype=np.float32) + np.float32(0.5)
+        self.per_token.add(index)
         b = self.batch
         base = rng.random((shape[0], b.base_len, *shape[2:]), dtype=np.float32) + np.float32(0.5)
         if b.extra:

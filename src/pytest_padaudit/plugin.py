@@ -113,17 +113,18 @@ def _marker_options(item: pytest.Item) -> dict[str, Any]:
     return options
 
 
-def run_audit(item: pytest.Item, model: object, call_options: dict[str, Any]) -> AuditReport:
+def audit_for(item: pytest.Item, model: object, call_options: dict[str, Any]) -> AuditReport:
     """Audit ``model`` for ``item`` with ini < marker < call options; keep the report."""
-    from .engine import audit
+    from .engine import adapt, run_audit
+    from .options import AuditOptions
 
     options = {**item.config.stash[DEFAULTS], **_marker_options(item), **call_options}
     options.pop("model", None)
     seed = item.config.getoption("padaudit_seed")
     if seed is not None:
         options["seed"] = seed
-    report = audit(model, **options)
-    report.test = item.nodeid
+    opts = AuditOptions.from_kwargs(**options)
+    report = run_audit(adapt(model, opts), opts, test=item.nodeid)
     item.stash.setdefault(REPORTS, []).append(report)
     return report
 
@@ -140,7 +141,7 @@ class Auditor:
     def __call__(self, model: object, **options: Any) -> AuditReport:
         __tracebackhide__ = True
         self._item.stash[CALLED] = True
-        report = run_audit(self._item, model, options)
+        report = audit_for(self._item, model, options)
         if not report.passed:
             raise PadLeakError(report.failure_message(), report)
         return report
@@ -179,7 +180,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     failures = [
         report.failure_message()
         for _, model in models
-        if not (report := run_audit(item, model, {})).passed
+        if not (report := audit_for(item, model, {})).passed
     ]
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)

@@ -219,7 +219,7 @@ class ModelItem(_ZeroCodeItem):
 
     def runtest(self) -> None:
         from .engine import find_handle
-        from .plugin import run_audit
+        from .plugin import audit_for
 
         model = self.obj if find_handle(self.obj) is not None else self.obj()
         if find_handle(model) is None:
@@ -228,7 +228,7 @@ class ModelItem(_ZeroCodeItem):
                 f"{type(model).__module__}.{type(model).__qualname__}, not a model padaudit "
                 "can audit: return a torch.nn.Module or a keras.Model holding an embedding"
             )
-        report = run_audit(self, model, dict(self.options))
+        report = audit_for(self, model, dict(self.options))
         self.add_report_section("call", "padaudit", str(report))
         if not report.passed:
             pytest.fail(report.failure_message(), pytrace=False)

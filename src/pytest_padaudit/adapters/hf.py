@@ -82,12 +82,9 @@ class HFHandle(TorchHandle):
         """List the tables once per weight; token tables get ``pad_idx`` or the config's."""
         token_weight = self._input_weight()
         pad = pad_idx if pad_idx is not None else self.config_pad()
-        found, seen = [], set()
-        for t in super().tables(None):
+        found = []
+        for t in super().tables(None):  # one table per weight (T5's shared embed_tokens)
             weight = self._layers[t.path].weight
-            if id(weight) in seen:  # T5: encoder/decoder embed_tokens share `shared`
-                continue
-            seen.add(id(weight))
             if weight is token_weight and t.pad_idx is None and pad is not None:
                 t = dataclasses.replace(t, pad_idx=pad + t.rows if pad < 0 else pad)
             found.append(t)
@@ -99,7 +96,7 @@ class HFHandle(TorchHandle):
                 "your tokenizer pads with (e.g. pad_idx=tokenizer.pad_token_id after "
                 "tokenizer.pad_token = tokenizer.eos_token), or set config.pad_token_id"
             )
-        return found
+        return self._remember(found)
 
     def default_vocab_size(self) -> int | None:
         vocab = getattr(self.config, "vocab_size", None)

@@ -80,16 +80,18 @@ class TorchHandle:
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | None) -> list[Table]:
+        """List each table once per weight; a weight shared with a non-table is tied."""
+        modules = {path or _ROOT: module for path, module in self.model.named_modules()}
         owners: dict[int, list[str]] = defaultdict(list)
-        for path, module in self.model.named_modules():
+        for path, module in modules.items():
             for param in module._parameters.values():
                 if param is not None:
-                    owners[id(param)].append(path or _ROOT)
-        found = []
-        for path, layer in self.model.named_modules():
-            if not isinstance(layer, _TABLES):
+                    owners[id(param)].append(path)
+        found, seen = [], set()
+        for path, layer in modules.items():
+            if not isinstance(layer, _TABLES) or id(layer.weight) in seen:
                 continue
-            path = path or _ROOT
+            seen.add(id(layer.weight))
             rows, dim = layer.weight.shape
             own = layer.padding_idx
             pad = own if own is not None else pad_idx
@@ -98,12 +100,13 @@ class TorchHandle:
             kind = type(layer).__name__
             if isinstance(layer, nn.EmbeddingBag):
                 kind += f"(mode={layer.mode})"
+            others = [o for o in owners[id(layer.weight)] if o != path]
+            tied = tuple(o for o in others if not isinstance(modules[o], _TABLES))
             notes = tuple(
                 f"{name}={getattr(layer, name)}"
                 for name in ("max_norm", "sparse", "scale_grad_by_freq")
                 if getattr(layer, name, None)
-            )
-            tied = tuple(o for o in owners[id(layer.weight)] if o != path)
+            ) + tuple(f"shared with {o}" for o in others if isinstance(modules[o], _TABLES))
             self._layers[path] = layer
             found.append(
                 Table(
@@ -118,6 +121,10 @@ class TorchHandle:
                     notes,
                 )
             )
+        return self._remember(found)
+
+    def _remember(self, found: list[Table]) -> list[Table]:
+        """Keep the audited tables for preserve(); return ``found``."""
         self._audited = [t for t in found if t.pad_idx is not None]
         return found
 
