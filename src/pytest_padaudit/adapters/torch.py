@@ -315,10 +315,7 @@ class TorchHandle:
             if grad is None:
                 continue
             rows = reach.get(id(param))
-            if rows is not None:
-                grad = grad.index_select(0, rows.to(grad.device))
-                grad = grad.to_dense() if grad.is_sparse else grad
-            grads[name] = _to_numpy(grad)
+            grads[name] = _to_numpy(grad if rows is None else _rows_of(grad, rows))
         outputs = [_to_numpy(_real(t, tb.mask)) for t in floating_tensors(output)]
         return grads, outputs
 
@@ -376,14 +373,28 @@ def _reachable_rows(
     batch: PadBatch, tables: Sequence[Table], layers: Mapping[str, nn.Module]
 ) -> dict[int, torch.Tensor]:
     """Rows of each audited table a real token or position can reach, pad rows left out."""
-    ids = batch.real_ids()
     positions = np.arange(2 * batch.shape[1] + 2)
+    candidates = np.unique(np.concatenate([batch.ids[batch.mask], positions]))
     reach = {}
     for t in tables:
-        rows = np.union1d(ids, positions)
-        rows = rows[(rows < t.rows) & (rows != t.pad_idx)]
-        reach[id(layers[t.path].weight)] = torch.from_numpy(rows)
+        rows = candidates[(candidates < t.rows) & (candidates != t.pad_idx)]
+        weight = layers[t.path].weight
+        reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
     return reach
+
+
+def _rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Return ``grad[rows]`` densely, for a dense or sparse gradient (rows sorted)."""
+    if not grad.is_sparse:
+        return grad.index_select(0, rows)
+    grad = grad.coalesce()
+    index, values = grad.indices()[0], grad.values()
+    out = values.new_zeros((len(rows), *values.shape[1:]))
+    if len(index):
+        at = torch.searchsorted(index, rows).clamp(max=len(index) - 1)
+        hit = index[at] == rows
+        out[hit] = values[at[hit]]
+    return out
 
 
 def _grad_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
