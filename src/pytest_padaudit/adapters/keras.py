@@ -1,0 +1,464 @@
+"""Keras adapter: Embedding tables, GradientTape passes, Keras optimizers, device snapshots.
+
+Keras 3 on the TensorFlow backend, and ``tf_keras`` (Keras 2) by duck typing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ..batch import LossPlan, PadBatch
+from ..errors import PadAuditError
+from ..handle import OptimizerInfo, Table, Trace
+from ..options import AuditOptions
+from . import keras_words
+from .keras_calls import (
+    ROOT,
+    dense,
+    floating_tensors,
+    keras_mask,
+    named_layers,
+    pad_row,
+    real,
+    recorded_calls,
+    select_rows,
+    tf_variable,
+    to_numpy,
+)
+from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
+
+_FLAVOURS = ("keras", "tf_keras")
+#: Keras warnings the audit's own passes trigger on purpose (the findings say it better).
+_QUIET = (
+    r".*does not support masking.*",
+    r".*[Mm]odel was constructed with shape.*",
+    r".*is incompatible with the layer.*",
+)
+
+_SHAPE_ERROR = re.compile(r"incompatible|expected axis|shapes? mismatch|must be compatible", re.I)
+
+
+def adapt(model: object, options: AuditOptions) -> KerasHandle | None:
+    """Return a handle for a Keras layer or model, else None."""
+    for name in _FLAVOURS:
+        module = sys.modules.get(name)
+        layer = getattr(getattr(module, "layers", None), "Layer", None)
+        if isinstance(layer, type) and isinstance(model, layer):
+            return KerasHandle(model, options, module)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasBatch:
+    """The synthetic batch as tensors, as ``forward=`` and ``loss=`` callables receive it.
+
+    ``training`` is the mode of the pass: call ``model(batch.ids, training=batch.training)``.
+    """
+
+    ids: tf.Tensor
+    mask: tf.Tensor
+    lengths: tf.Tensor
+    pad_idx: int
+    padding_side: str
+    numpy: PadBatch
+    training: bool
+
+
+class KerasHandle:
+    """Audit a Keras model: every ``Embedding`` (LoRA-enabled ones by their effective row)."""
+
+    def __init__(self, model: Any, options: AuditOptions, keras: Any) -> None:
+        self.model = model
+        self.options = options
+        self.keras = keras
+        self.framework = keras.__name__
+        self.model_class = type(model).__qualname__
+        self.named = named_layers(model)
+        self._layers: dict[str, Any] = {}
+        self._grads: list[tuple[Any, Any]] = []
+        #: per table: (max|g| of the variable's pad row, max|g| through the lookup or None).
+        self.grad_sources: dict[str, tuple[float, float | None]] = {}
+        self.last_batch: PadBatch | None = None
+
+    # -- discovery -------------------------------------------------------------------
+    def tables(self, pad_idx: int | None) -> list[Table]:
+        embedding = self.keras.layers.Embedding
+        owners: dict[int, list[str]] = {}
+        for path, layer in [(ROOT, self.model), *self.named]:
+            for var in _own_variables(layer):
+                owners.setdefault(id(var), []).append(path)
+        found = []
+        for path, layer in [(ROOT, self.model), *self.named]:
+            if not isinstance(layer, embedding):
+                continue
+            if not layer.built:
+                raise PadAuditError(
+                    f"the Embedding {path} of {self.model_class} is not built yet, so it has "
+                    "no weights to audit: call the model once on a batch (or "
+                    "model.build((None, seq_len))) before the audit"
+                )
+            rows, dim = int(layer.input_dim), int(layer.output_dim)
+            own = 0 if getattr(layer, "mask_zero", False) else None
+            pad = own if own is not None else pad_idx
+            if pad is not None and pad < 0:
+                pad += rows
+            lora = bool(getattr(layer, "lora_enabled", False))
+            base = _base_variable(layer)
+            tied = tuple(o for o in owners.get(id(base), []) if o != path)
+            self._layers[path] = layer
+            found.append(
+                Table(
+                    path,
+                    rows,
+                    dim,
+                    type(layer).__name__ + ("(lora)" if lora else ""),
+                    pad,
+                    own is not None,
+                    bool(_table_variables(layer)),
+                    tied,
+                    _notes(layer),
+                )
+            )
+        return found
+
+    def default_vocab_size(self) -> int | None:
+        return None
+
+    # -- state -----------------------------------------------------------------------
+    @contextmanager
+    def preserve(self, seed: int) -> Iterator[None]:
+        variables = _unique([tf_variable(v) for v in self.model.variables])
+        saved = [(v, tf.identity(v)) for v in variables]
+        losses = saved_losses([self.model] + [layer for _, layer in self.named])
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            with rng_guard(seed, self.framework), warnings.catch_warnings():
+                for pattern in _QUIET:
+                    warnings.filterwarnings("ignore", message=pattern)
+                yield
+        finally:
+            self._grads = []
+            for var, value in saved:
+                var.assign(value)
+            for holder, value in losses:
+                if isinstance(holder, list):
+                    holder[:] = value
+                else:
+                    holder.clear()
+                    holder.update(value)
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+    def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
+        return {t.path: _effective_row(self._layers[t.path], t.pad_idx) for t in tables}
+
+    # -- passes ----------------------------------------------------------------------
+    def tensors(self, batch: PadBatch, *, training: bool) -> KerasBatch:
+        """Return ``batch`` as tensors for a pass in ``training`` mode."""
+        return KerasBatch(
+            ids=tf.constant(batch.ids, tf.int32),
+            mask=tf.constant(batch.mask, tf.bool),
+            lengths=tf.constant(batch.lengths, tf.int32),
+            pad_idx=batch.pad_idx,
+            padding_side=batch.padding_side,
+            numpy=batch,
+            training=training,
+        )
+
+    def forward(self, kb: KerasBatch) -> Any:
+        """Run the model (or ``forward=``) on the batch; wrap its errors in advice."""
+        forward = self.options.forward
+        try:
+            if forward is None:
+                return self.model(kb.ids, training=kb.training)
+            with training_scope(self.framework, kb.training):
+                return forward(self.model, kb)
+        except PadAuditError:
+            raise
+        except Exception as exc:
+            raise PadAuditError(self._forward_error(exc, kb)) from exc
+
+    def _forward_error(self, exc: Exception, kb: KerasBatch) -> str:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("Arguments received by")[0]
+        text = " ".join(text.split())[:400]
+        width = kb.numpy.shape[1]
+        fixed = _fixed_seq_len(self.model)
+        if fixed is not None and fixed != width:
+            return (
+                f"{self.model_class} takes sequences of exactly {fixed} tokens (its Input "
+                f"has shape (None, {fixed})), but the audit batch is {width} wide: pass "
+                f"seq_len={fixed} ({type(exc).__name__}: {text})"
+            )
+        call = "forward=" if self.options.forward else "model(ids, training=...)"
+        message = (
+            f"{self.model_class} raised {type(exc).__name__} on the synthetic batch ({call} "
+            f"with {kb.numpy.describe()}; ids int32): {text}\n  If the model takes other "
+            "inputs, pass forward=lambda model, batch: model(batch.ids, "
+            "training=batch.training) (batch has ids, mask, lengths, pad_idx, training)"
+        )
+        if _SHAPE_ERROR.search(text):
+            message += "\n  If the model needs a fixed sequence length, pass seq_len= that length"
+        return message
+
+    def loss(self, output: Any, kb: KerasBatch, plan: LossPlan) -> tf.Tensor:
+        """Return the seeded scalar loss over the outputs (or the ``loss=`` callable's)."""
+        custom = self.options.loss
+        if callable(custom):
+            value = custom(output, kb)
+            if not tf.is_tensor(value) or value.shape.num_elements() != 1:
+                raise PadAuditError(
+                    f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
+                    "that returns a scalar tensor"
+                )
+            return tf.reshape(tf.cast(value, tf.float32), ())
+        tensors = list(floating_tensors(output))
+        if not tensors:
+            raise PadAuditError(
+                f"the output of {self.model_class} ({type(output).__name__}) holds no "
+                "floating-point tensor: pass loss=callable(output, batch) returning a scalar"
+            )
+        total = tf.zeros((), tf.float32)
+        for index, tensor in enumerate(tensors):
+            mask = keras_mask(tensor)
+            if mask is not None and tuple(mask.shape) == kb.numpy.shape:
+                mask = mask.numpy()
+            else:
+                mask = None
+            weights = plan.weights(index, tuple(tensor.shape), mask=mask)
+            total += tf.reduce_sum(tf.cast(tensor, tf.float32) * weights)
+        return total
+
+    def _require_trainable(self) -> list[Any]:
+        variables = _unique(self.model.trainable_variables)
+        if not variables:
+            raise PadAuditError(
+                f"{self.model_class} has no trainable variables, so no gradient can leak: "
+                "unfreeze the model (model.trainable = True) for the audit"
+            )
+        return variables
+
+    def train_pass(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+    ) -> dict[str, np.ndarray | None]:
+        self._require_trainable()
+        self.last_batch = batch
+        kb = self.tensors(batch, training=True)
+        targets = _unique([v for t in tables for v in _table_variables(self._layers[t.path])])
+        lookups: list[tuple[str, Any, Any]] = []
+        layers = [(t.path, self._layers[t.path]) for t in tables]
+
+        def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
+            if args and tf.is_tensor(out):
+                lookups.append((path, args[0], out))
+
+        with tf.GradientTape() as tape:
+            with recorded_calls(layers, record):
+                output = self.forward(kb)
+            total = self.loss(output, kb, plan)
+        grads = tape.gradient(total, [*targets, *(out for _, _, out in lookups)])
+        by_var = dict(zip(map(id, targets), grads[: len(targets)], strict=True))
+        self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
+        through: dict[str, np.ndarray] = {}
+        for (path, ids, _), grad in zip(lookups, grads[len(targets) :], strict=True):
+            if grad is None:
+                continue
+            pad = next(t.pad_idx for t in tables if t.path == path)
+            hit = tf.equal(tf.cast(ids, tf.int64), pad)
+            row = to_numpy(tf.reduce_sum(tf.boolean_mask(grad, hit), axis=0))
+            through[path] = through[path] + row if path in through else row
+        result: dict[str, np.ndarray | None] = {}
+        for t in tables:
+            layer = self._layers[t.path]
+            base = _base_variable(layer)
+            own = pad_row(by_var.get(id(base)), t.pad_idx) if id(base) in by_var else None
+            lookup = through.get(t.path)
+            result[t.path] = lookup if getattr(layer, "lora_enabled", False) else own
+            self.grad_sources[t.path] = (
+                _peak(own if own is not None else lookup),
+                None if lookup is None else _peak(lookup),
+            )
+        return result
+
+    def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
+        variables = _unique([v for t in tables for v in _table_variables(self._layers[t.path])])
+        if not variables:  # every table frozen: nothing for an optimizer to move
+            return OptimizerInfo("SGD")
+        optimizer = build_optimizer(self.keras, spec)
+        decay = float(getattr(optimizer, "weight_decay", None) or 0.0)
+        uses = getattr(optimizer, "_use_weight_decay", None)
+        if decay and callable(uses) and not any(uses(v) for v in variables):
+            decay = 0.0
+        return OptimizerInfo(type(optimizer).__name__, decay, optimizer)
+
+    def step(self, optimizer: OptimizerInfo) -> None:
+        if optimizer.state is not None and self._grads:
+            optimizer.state.apply_gradients(self._grads)
+
+    def invariance_pass(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        variables = self._require_trainable()
+        kb = self.tensors(batch, training=False)
+        with tf.GradientTape() as tape:
+            output = self.forward(kb)
+            total = self.loss(output, kb, plan)
+        grads = tape.gradient(total, variables)
+        reach = self._reachable_rows(batch, tables)
+        result = {}
+        for name, var, grad in zip(_names(variables), variables, grads, strict=True):
+            if grad is None:
+                continue
+            rows = reach.get(id(var))
+            result[name] = select_rows(grad, rows) if rows is not None else dense(grad)
+        outputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors(output)]
+        return result, outputs
+
+    def _reachable_rows(self, batch: PadBatch, tables: Sequence[Table]) -> dict[int, np.ndarray]:
+        """Rows of each audited table a real token or position can reach, pad rows left out."""
+        positions = np.arange(2 * batch.shape[1] + 2)
+        reach = {}
+        for t in tables:
+            rows = np.union1d(batch.real_ids(), positions)
+            rows = rows[(rows < t.rows) & (rows != t.pad_idx)]
+            for var in _table_variables(self._layers[t.path]):
+                if var.shape[0] == t.rows:
+                    reach[id(var)] = rows
+        return reach
+
+    def trace(self, batch: PadBatch) -> Trace:
+        trace = Trace(owner=self.model_class)
+        kb = self.tensors(batch, training=False)
+
+        def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
+            inputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors([args, kwargs])]
+            outputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors(out)]
+            trace.entries.append((path, inputs, outputs))
+
+        with recorded_calls(self._traced_layers(), record):
+            self.forward(kb)
+        return trace
+
+    def _traced_layers(self) -> list[tuple[str, Any]]:
+        """Return the layers whose calls line up between two batch widths.
+
+        Left out: the cells inside an RNN (called once per time step, so step k is a
+        different position in each batch) and ``go_backwards`` layers (their sequence
+        output runs backwards; the Bidirectional around one is traced instead).
+        """
+        rnn = self.keras.layers.RNN
+        skipped: list[str] = []
+        traced = []
+        for path, layer in self.named:
+            if any(path.startswith(prefix + ".") for prefix in skipped):
+                continue
+            if isinstance(layer, rnn):
+                skipped.append(path)
+            if getattr(layer, "go_backwards", False):
+                skipped.append(path)
+                continue
+            traced.append((path, layer))
+        return traced
+
+    # -- words -----------------------------------------------------------------------
+    def explain(
+        self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
+    ) -> tuple[str, str, str]:
+        return keras_words.explain(self, cause, table, options, info)
+
+    def layer(self, path: str | None) -> Any:
+        """Return the layer at ``path`` (None when there is none)."""
+        if path == ROOT:
+            return self.model
+        return dict(self.named).get(path) if path else None
+
+
+def _own_variables(layer: Any) -> list[Any]:
+    """Return the variables a layer tracks itself (not through its sub-layers)."""
+    own = [
+        *(getattr(layer, "_trainable_variables", None) or []),
+        *(getattr(layer, "_non_trainable_variables", None) or []),
+    ]
+    if not own:  # tf_keras
+        own = [
+            *(getattr(layer, "_trainable_weights", None) or []),
+            *(getattr(layer, "_non_trainable_weights", None) or []),
+        ]
+    return own
+
+
+def _base_variable(layer: Any) -> Any:
+    """Return the Embedding's stored table variable."""
+    base = getattr(layer, "_embeddings", None)
+    return base if base is not None else layer.embeddings
+
+
+def _table_variables(layer: Any) -> list[Any]:
+    """Return the trainable variables that make up the table's rows."""
+    if not layer.trainable:
+        return []
+    if getattr(layer, "lora_enabled", False):
+        parts = [layer.lora_embeddings_a, layer.lora_embeddings_b]
+    else:
+        parts = [_base_variable(layer)]
+    trainable = {id(v) for v in layer.trainable_variables}
+    return [v for v in parts if id(v) in trainable]
+
+
+def _effective_row(layer: Any, pad: int) -> np.ndarray:
+    """Return row ``pad`` as the layer looks it up (LoRA: base + scaled delta)."""
+    row = tf.cast(tf.gather(tf_variable(_base_variable(layer)), [pad]), tf.float32)
+    if getattr(layer, "lora_enabled", False):
+        a = tf.gather(tf_variable(layer.lora_embeddings_a), [pad])
+        delta = tf.matmul(a, tf.convert_to_tensor(tf_variable(layer.lora_embeddings_b)))
+        row = row + (layer.lora_alpha / layer.lora_rank) * tf.cast(delta, tf.float32)
+        row = tf.cast(tf.cast(row, layer.compute_dtype), tf.float32)
+    return to_numpy(row[0])
+
+
+def _notes(layer: Any) -> tuple[str, ...]:
+    notes = []
+    if getattr(layer, "mask_zero", False):
+        notes.append("mask_zero=True")
+    if getattr(layer, "lora_enabled", False):
+        notes.append(f"lora_rank={layer.lora_rank}")
+    for name in ("embeddings_constraint", "embeddings_regularizer", "quantization_mode"):
+        value = getattr(layer, name, None)
+        if value:
+            notes.append(f"{name}={getattr(value, '__name__', type(value).__name__)}")
+    return tuple(notes)
+
+
+def _unique(variables: Sequence[Any]) -> list[Any]:
+    return list({id(v): v for v in variables}.values())
+
+
+def _names(variables: Sequence[Any]) -> list[str]:
+    """Return a unique, stable name for each variable (Keras 3 ``path``, else ``name``)."""
+    names: list[str] = []
+    for var in variables:
+        name = str(getattr(var, "path", None) or var.name)
+        names.append(name if name not in names else f"{name}#{len(names)}")
+    return names
+
+
+def _peak(row: np.ndarray | None) -> float:
+    return 0.0 if row is None or row.size == 0 else float(np.abs(row).max())
+
+
+def _fixed_seq_len(model: Any) -> int | None:
+    """Return the sequence length a functional model's first Input fixes, else None."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except Exception:
+        return None
+    return shape[1] if len(shape) >= 2 and isinstance(shape[1], int) else None

@@ -1,0 +1,157 @@
+"""Keras state the audit guards or builds: global RNGs, call context, loss lists, optimizer.
+
+The optimizer is the fresh one an update check steps with, never the user's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import tensorflow as tf
+
+from ..errors import PadAuditError
+from .keras_calls import tf_variable
+
+
+def saved_losses(layers: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """Snapshot the loss lists a forward pass refills (activity regularizers, add_loss)."""
+    saved = []
+    for layer in layers:
+        for name in ("_losses", "_loss_ids", "_eager_losses"):
+            holder = layer.__dict__.get(name)
+            if isinstance(holder, (list, set)):
+                saved.append((holder, copy.copy(holder)))
+    return saved
+
+
+@contextmanager
+def rng_guard(seed: int, flavour: str) -> Iterator[None]:
+    """Seed Keras' and TF's global generators for the audit; put the user's back after.
+
+    The user's generators are swapped out, and their states restored too (a compiled
+    tf.function keeps drawing from the generator it captured). The model's own
+    generators (dropout seeds) are variables, restored with the rest.
+    """
+    state = _keras_state() if flavour == "keras" else None
+    generators = _tf_generators()
+    previous_keras = state.get_global_attribute("global_seed_generator") if state else None
+    previous_tf = generators.global_generator if generators else None
+    kept = [
+        (var, tf.identity(var))
+        for var in (getattr(previous_keras, "state", None), getattr(previous_tf, "state", None))
+        if var is not None
+    ]
+    context = _tf_context()
+    op_rng = getattr(context, "_rng", None)
+    op_state = op_rng.getstate() if op_rng is not None else None
+    try:
+        if state is not None:
+            from keras.src.random.seed_generator import SeedGenerator
+
+            seeded = SeedGenerator(seed, name="padaudit_seed_generator")
+            state.set_global_attribute("global_seed_generator", seeded)
+        if generators is not None:
+            generators.global_generator = tf.random.Generator.from_seed(seed)
+        yield
+    finally:
+        if state is not None:
+            state.set_global_attribute("global_seed_generator", previous_keras)
+        if generators is not None:
+            generators.global_generator = previous_tf
+        for var, value in kept:
+            tf_variable(var).assign(value)
+        if op_rng is not None and getattr(context, "_rng", None) is op_rng:
+            op_rng.setstate(op_state)
+
+
+@contextmanager
+def training_scope(flavour: str, training: bool) -> Iterator[None]:
+    """Make layers called by a ``forward=`` callable default to ``training``."""
+    state = _keras_state() if flavour == "keras" else None
+    if state is None or state.get_global_attribute("current_call_ctx") is not None:
+        yield
+        return
+    from keras.src.layers.layer import CallContext
+
+    scope = CallContext(entry_layer=None)
+    scope.training = training
+    state.set_global_attribute("current_call_ctx", scope)
+    try:
+        yield
+    finally:
+        state.set_global_attribute("current_call_ctx", None)
+
+
+def _keras_state() -> Any:
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:
+        return None
+    return global_state
+
+
+def _tf_generators() -> Any:
+    try:
+        from tensorflow.python.ops import stateful_random_ops
+    except ImportError:
+        return None
+    return stateful_random_ops if hasattr(stateful_random_ops, "global_generator") else None
+
+
+def _tf_context() -> Any:
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:
+        return None
+    return context.context()
+
+
+def _is_optimizer(value: Any) -> bool:
+    return (
+        not isinstance(value, type)
+        and callable(getattr(value, "apply_gradients", None))
+        and callable(getattr(value, "get_config", None))
+    )
+
+
+def _fresh_copy(optimizer: Any) -> Any:
+    """Rebuild an optimizer from its class and config, with its weight-decay exclusions."""
+    fresh = type(optimizer).from_config(optimizer.get_config())
+    for name in (
+        "_exclude_from_weight_decay",
+        "_exclude_from_weight_decay_pattern",
+        "_exclude_from_weight_decay_names",
+    ):
+        if name in optimizer.__dict__:
+            setattr(fresh, name, copy.copy(optimizer.__dict__[name]))
+    if "_exclude_from_weight_decay_cache" in fresh.__dict__:
+        fresh._exclude_from_weight_decay_cache = {}
+    return fresh
+
+
+def build_optimizer(keras: Any, spec: Any) -> Any:
+    hint = (
+        "pass optimizer= a Keras optimizer instance (its class and config are copied, never "
+        "its state), a factory such as lambda: keras.optimizers.AdamW(1e-3), an optimizer "
+        "class, or a name such as 'adamw'"
+    )
+    try:
+        if spec is None:
+            return keras.optimizers.SGD(learning_rate=1.0)
+        if isinstance(spec, str):
+            return keras.optimizers.get(spec)
+        if _is_optimizer(spec):
+            return _fresh_copy(spec)
+        if callable(spec):
+            built = spec()
+            if not _is_optimizer(built):
+                raise PadAuditError(f"optimizer= returned {type(built).__name__}: {hint}")
+            return _fresh_copy(built) if getattr(built, "built", False) else built
+    except PadAuditError:
+        raise
+    except Exception as exc:
+        raise PadAuditError(f"could not build the optimizer from {spec!r} ({exc}): {hint}") from exc
+    raise PadAuditError(f"optimizer={spec!r} is not usable: {hint}")

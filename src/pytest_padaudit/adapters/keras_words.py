@@ -1,0 +1,264 @@
+"""Keras words for findings: causes and fixes, and the mask-chain diagnosis of a grad leak."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..handle import Table
+from ..options import AuditOptions
+from .keras_calls import floating_tensors, keras_mask, recorded_calls, takes_mask
+
+if TYPE_CHECKING:
+    from .keras import KerasHandle
+
+_APPLY_MASK = "def call(self, inputs, mask=None): inputs * ops.cast(mask, inputs.dtype)[..., None]"
+
+
+@dataclass
+class MaskFlow:
+    """How the mask travelled through one forward pass, layer call by layer call."""
+
+    #: (path, class) of leaf layers that got a mask and take ``mask=``: they can apply it.
+    applies: list[tuple[str, str]] = field(default_factory=list)
+    #: ... that got a mask, take no ``mask=`` and pass it on unapplied (plain Dense).
+    passes: list[tuple[str, str]] = field(default_factory=list)
+    #: ... that got a mask and do not support masking: Keras destroys the mask there.
+    unsupported: list[tuple[str, str]] = field(default_factory=list)
+    #: ... that support masking but return no mask without reading it.
+    drops: list[tuple[str, str]] = field(default_factory=list)
+    output_masked: bool = False
+    error: str | None = None
+
+
+def mask_flow(handle: KerasHandle) -> MaskFlow:
+    """Run one inference pass on the last audit batch and classify each masked call."""
+    flow = MaskFlow()
+    batch = handle.last_batch
+    if batch is None:
+        return flow
+    model_type = handle.keras.Model
+    calls: list[tuple[str, Any, bool, list[Any]]] = []
+
+    def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        received = any(
+            v is not None for k, v in kwargs.items() if k == "mask" or k.endswith("_mask")
+        ) or (bool(args) and keras_mask(args[0]) is not None)
+        calls.append((path, layer, received, list(floating_tensors(out))))
+
+    try:
+        with recorded_calls(handle.named, record):
+            output = handle.forward(handle.tensors(batch, training=False))
+    except Exception as exc:  # a diagnosis must not hide the finding it explains
+        flow.error = f"{type(exc).__name__}: {exc}"
+        return flow
+    for path, layer, received, outputs in calls:
+        if not received or isinstance(layer, model_type):
+            continue
+        entry = (path, type(layer).__name__)
+        out_masked = any(keras_mask(t) is not None for t in outputs)
+        if takes_mask(layer):
+            flow.applies.append(entry)
+        elif not getattr(layer, "supports_masking", False):
+            flow.unsupported.append(entry)
+        elif out_masked:
+            flow.passes.append(entry)
+        else:
+            flow.drops.append(entry)
+    flow.output_masked = any(keras_mask(t) is not None for t in floating_tensors(output))
+    return flow
+
+
+def _zero_row(t: Table) -> str:
+    return (
+        f"layer.embeddings.assign(ops.slice_update(layer.embeddings, ({t.pad_idx}, 0), "
+        f"ops.zeros((1, {t.dim}))))"
+    )
+
+
+def _names(entries: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{cls} {path!r}" for path, cls in entries)
+
+
+def _unmasked_words(handle: KerasHandle, t: Table, options: AuditOptions) -> tuple[str, str, str]:
+    flow = mask_flow(handle)
+    parts = []
+    if flow.unsupported:
+        parts.append(
+            f"{_names(flow.unsupported)} does not support masking and drops the mask, so "
+            "the pad positions reach everything after it as data"
+        )
+    if flow.drops:
+        parts.append(f"{_names(flow.drops)} drops the mask without applying it")
+    if flow.passes:
+        parts.append(
+            f"{_names(flow.passes)} receives the mask without applying it (its call takes "
+            "no mask=): its outputs at pad positions are computed from the pad row, the "
+            "mask is only passed on"
+        )
+    if flow.applies:
+        parts.append(f"layers that take the mask: {_names(flow.applies)}")
+    if not any((flow.unsupported, flow.drops, flow.passes, flow.applies)):
+        parts.append("no layer after the embedding receives its mask")
+    if flow.output_masked:
+        parts.append(
+            "the output still carries the mask, so a loss over every position "
+            f"(loss={options.loss!r}) trains the pad row; model.fit would weight its "
+            "loss by that mask"
+        )
+    else:
+        parts.append("the output carries no mask, so pad positions reach the loss as data")
+    if flow.error:
+        parts.append(f"(the mask could not be traced: {flow.error})")
+    why = "mask_zero=True only protects the pad row where a layer applies the mask: " + (
+        "; ".join(parts)
+    )
+    if flow.output_masked and options.loss != "masked":
+        fix = (
+            'audit with loss="masked" (it mirrors model.fit, which weights the loss by the '
+            f"output's mask), or apply the mask in the layer: {_APPLY_MASK}"
+        )
+    elif flow.unsupported or flow.drops:
+        first = (flow.unsupported or flow.drops)[0]
+        fix = (
+            f"replace {first[1]} {first[0]!r} by a masking-aware layer (GlobalAveragePooling1D, "
+            f"an RNN, a masked pooling) or apply the mask before it: {_APPLY_MASK}"
+        )
+    else:
+        fix = f"apply the mask before pad positions mix with real ones: {_APPLY_MASK}"
+    return "unmasked", why, fix
+
+
+def _grad_words(
+    handle: KerasHandle, t: Table, options: AuditOptions, info: Any
+) -> tuple[str, str, str]:
+    layer = handle.layer(t.path)
+    cls = type(layer).__name__
+    if t.tied_with:
+        others = ", ".join(t.tied_with)
+        return (
+            "tied",
+            f"the embeddings variable is shared with {others} (tied weights): its gradient "
+            "reaches every row, the pad row included, whatever mask_zero says",
+            "untie the weights, mask the pad id out of the shared use (e.g. the pad column of "
+            "tied logits), or accept it knowingly with allow=('tied',)",
+        )
+    if not t.own_pad:
+        remap = (
+            ""
+            if t.pad_idx == 0
+            else f"; Keras masks only id 0, so make the tokenizer pad with 0 instead of {t.pad_idx}"
+        )
+        return (
+            "no_padding_idx",
+            f"{cls} {t.path!r} has no mask_zero, so no layer can mask the pad positions and "
+            f"every pad token trains row {t.pad_idx} like a real token",
+            f"construct it with mask_zero=True: {cls}({t.rows}, {t.dim}, mask_zero=True), and "
+            f'use layers that apply the mask (or loss="masked", as model.fit does){remap}',
+        )
+    own, lookup = handle.grad_sources.get(t.path, (0.0, None))
+    if lookup is not None and lookup == 0.0 and own > 0.0:
+        return (
+            "weight_reuse",
+            f"the lookup of {t.path!r} gives the pad row no gradient, yet its variable gets "
+            "some: the embeddings are read outside the layer's lookup (a matmul with "
+            ".embeddings, e.g. tied output logits), where no mask applies",
+            "mask the pad id out where the weight is reused (the pad column of the logits), "
+            "or zero the pad row's gradient before the update",
+        )
+    return _unmasked_words(handle, t, options)
+
+
+def _optimizer_words(
+    handle: KerasHandle, t: Table, options: AuditOptions, info: Any
+) -> tuple[str, str, str]:
+    layer = handle.layer(t.path)
+    constraint = getattr(layer, "embeddings_constraint", None)
+    if getattr(layer, "lora_enabled", False):
+        return (
+            "weight_reuse",
+            f"LoRA: the row's delta is lora_embeddings_a[{t.pad_idx}] @ lora_embeddings_b, and "
+            "lora_embeddings_b is shared by every row, so the real tokens' gradients move "
+            "the pad row although its own gradient is zero",
+            f"zero lora_embeddings_a[{t.pad_idx}] (then the delta of the pad row stays zero), "
+            "or accept it knowingly with allow=('weight_reuse',)",
+        )
+    if info.weight_decay:
+        default = " (Keras' AdamW decays by 0.004 by default)" if info.name == "AdamW" else ""
+        return (
+            "weight_decay",
+            f"weight decay moved a non-zero pad row: {info.name}(weight_decay="
+            f"{info.weight_decay:g}) shrinks every row every step{default}, although the pad "
+            "row's gradient is zero",
+            "exclude the table from decay: optimizer.exclude_from_weight_decay("
+            "var_names=['embeddings']) before the first step, or zero the pad row once "
+            f"({_zero_row(t)}; a zero row stays zero)",
+        )
+    if constraint is not None:
+        return (
+            "max_norm",
+            f"embeddings_constraint={type(constraint).__name__} is applied to every row after "
+            "each optimizer step, and this pad row is not zero",
+            f"zero the pad row once ({_zero_row(t)}) or drop the constraint",
+        )
+    return (
+        "optimizer",
+        f"{info.name} moved the row although its gradient is zero (momentum or a stateful update)",
+        "exclude the table from that update, or zero the pad row",
+    )
+
+
+def _invariance_words(
+    handle: KerasHandle, t: Table | None, options: AuditOptions, info: Any
+) -> tuple[str, str, str]:
+    layer = handle.layer(info)
+    layers = handle.keras.layers
+    name = type(layer).__name__
+    if isinstance(layer, layers.MultiHeadAttention):
+        why = "attention attends to the pad keys: no mask reached it"
+        fix = (
+            "feed it from an Embedding with mask_zero=True (Keras passes query_mask and "
+            "value_mask), or pass attention_mask=mask[:, None, :]"
+        )
+    elif isinstance(layer, (layers.RNN, layers.Bidirectional)):
+        why = f"{name} runs over the pad positions without a mask, so its state depends on them"
+        fix = "give the Embedding mask_zero=True (or add a Masking layer) so the RNN skips pads"
+    elif isinstance(layer, layers.BatchNormalization):
+        why = "its batch statistics include the pad positions"
+        fix = "normalise over real positions only, or use LayerNormalization"
+    else:
+        why = (
+            "a pooling or mixing step treats pad positions as data (an unmasked ops.mean or "
+            "sum over the sequence, a Lambda, a layer that drops the mask)"
+        )
+        fix = (
+            "use GlobalAveragePooling1D fed by a masked input, or mask it: "
+            "ops.sum(x * m[..., None], 1) / ops.sum(m, 1, keepdims=True) with m the mask"
+        )
+    return "invariance", why, fix
+
+
+_EXPLAIN: dict[str, Callable[[KerasHandle, Any, AuditOptions, Any], tuple[str, str, str]]] = {
+    "grad": _grad_words,
+    "nonfinite": lambda h, t, o, i: (
+        "nonfinite",
+        "the model produced nan/inf on the padded batch (a division by a zero pad count, "
+        "log(0) at pad positions)",
+        "guard the pad positions (ops.divide_no_nan, mask before log) and rerun with the seed",
+    ),
+    "forward": lambda h, t, o, i: (
+        "forward",
+        "the forward pass assigned to the embeddings variable (a call that uses .assign)",
+        "do not modify the weight inside call",
+    ),
+    "optimizer": _optimizer_words,
+    "invariance": _invariance_words,
+}
+
+
+def explain(
+    handle: KerasHandle, cause: str, table: Table | None, options: AuditOptions, info: Any
+) -> tuple[str, str, str]:
+    """Return (cause code, likely cause, fix) for an event the engine saw."""
+    return _EXPLAIN[cause](handle, table, options, info)

@@ -1,0 +1,117 @@
+"""An audit leaves a Keras model, its optimizer and every RNG exactly as it found them."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from keras import layers
+from keras.src.backend.common import global_state
+
+from keras_zoo import functional
+from pytest_padaudit import audit
+
+
+class Noisy(layers.Layer):
+    """Draw from Keras' and TF's global generators in training, as some models do."""
+
+    def call(self, x, training=None):
+        if training:
+            noise = keras.random.normal(tf.shape(x)) + tf.random.get_global_generator().normal(
+                tf.shape(x)
+            )
+            x = x + 1e-3 * noise
+        return x
+
+    def compute_mask(self, x, mask=None):
+        return mask
+
+
+def trained_model():
+    """A leaky model with dropout and batch norm, compiled, after one real Adam step."""
+    model = functional(
+        lambda x: layers.Dense(1)(layers.BatchNormalization()(layers.Dropout(0.3)(Noisy()(x))))
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    ids = tf.constant(np.random.default_rng(1).integers(0, 50, (4, 6)), tf.int32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(ids, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    return model
+
+
+def state(model):
+    """Everything an audit must not change, as NumPy (bitwise comparable)."""
+    keras_gen = global_state.get_global_attribute("global_seed_generator")
+    return {
+        "variables": [np.array(v.numpy()) for v in model.variables],
+        "optimizer": [np.array(v.numpy()) for v in model.optimizer.variables],
+        "keras_rng": keras_gen.state.numpy().copy(),
+        "tf_rng": tf.random.get_global_generator().state.numpy().copy(),
+        "numpy_rng": np.random.get_state()[1].copy(),
+        "python_rng": random.getstate(),
+        "losses": [float(v) for v in model.losses],
+        "call_context": global_state.get_global_attribute("current_call_ctx"),
+        "shadowed": [layer.name for layer in model._flatten_layers() if "call" in vars(layer)],
+    }
+
+
+def assert_same(before, after):
+    assert before.keys() == after.keys()
+    for key in before:
+        a, b = before[key], after[key]
+        if isinstance(a, list) and a and isinstance(a[0], np.ndarray):
+            assert len(a) == len(b)
+            for x, y in zip(a, b, strict=True):
+                assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), key
+        elif isinstance(a, np.ndarray):
+            assert a.tobytes() == b.tobytes(), key
+        else:
+            assert a == b, key
+
+
+@pytest.fixture
+def model():
+    keras.utils.set_random_seed(3)
+    keras.random.normal((1,))  # make sure the global generators exist
+    tf.random.get_global_generator()
+    return trained_model()
+
+
+def test_restore_is_bitwise_after_a_failing_audit(model):
+    before = state(model)
+    report = audit(model, optimizer=keras.optimizers.AdamW(1e-2), steps=3)
+    assert not report.passed  # the audit really trained, stepped and failed
+    assert report.tables[0].update > 0
+    assert_same(before, state(model))
+
+
+def test_restore_is_bitwise_after_an_interrupt(model):
+    before = state(model)
+    calls = []
+
+    def forward(m, batch):
+        calls.append(batch.training)
+        if len(calls) == 3:  # after two SGD steps have moved the weights
+            raise KeyboardInterrupt
+        return m(batch.ids, training=batch.training)
+
+    with pytest.raises(KeyboardInterrupt):
+        audit(model, forward=forward, steps=3)
+    assert calls == [True, True, True]
+    assert_same(before, state(model))
+
+
+def test_audits_with_the_same_seed_agree(model):
+    first = audit(model, checks=("grad", "update"), seed=5)
+    second = audit(model, checks=("grad", "update"), seed=5)
+    assert first.tables[0].grad == second.tables[0].grad > 0
+    assert first.batch == second.batch
