@@ -89,17 +89,21 @@ def ratios(bench: Bench, repeats: int) -> list[dict[str, object]]:
 
     rows = []
     grad_times = {}
-    for name, model in bench.models():
-        options = {"batch_size": BATCH, "seq_len": SEQ, **bench.audit_options(model)}
+    for name, make in bench.models():
+        options = {"batch_size": BATCH, "seq_len": SEQ}
         n = max(3, repeats // 3) if "1M" in name or "encoder" in name else repeats
+
+        model = make()
 
         def grad_audit(model: object = model, options: dict = options) -> object:
             return audit(model, checks=("grad",), **options)
 
+        grad, fb = paired(grad_audit, bench.forward_backward(model), n)
+        model = make()
+
         def full_audit(model: object = model, options: dict = options) -> object:
             return audit(model, **options)
 
-        grad, fb = paired(grad_audit, bench.forward_backward(model), n)
         full, step = paired(full_audit, bench.train_step(model), n)
         grad_times[name] = (grad, fb)
         rows.append(

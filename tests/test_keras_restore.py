@@ -115,3 +115,72 @@ def test_audits_with_the_same_seed_agree(model):
     second = audit(model, checks=("grad", "update"), seed=5)
     assert first.tables[0].grad == second.tables[0].grad > 0
     assert first.batch == second.batch
+
+
+class CountingSGD(keras.optimizers.SGD):
+    """Not a built-in element-wise class: the audit must step the real table with it."""
+
+    applied = 0
+
+    def apply_gradients(self, grads_and_vars):
+        type(self).applied += 1
+        return super().apply_gradients(grads_and_vars)
+
+
+def test_other_optimizers_step_the_real_table_and_agree(model):
+    before = state(model)
+    options = {"learning_rate": 0.1, "weight_decay": 0.5}
+    proxied = audit(model, optimizer=keras.optimizers.SGD(**options), checks=("update",))
+    whole = audit(model, optimizer=lambda: CountingSGD(**options), checks=("update",))
+    assert CountingSGD.applied == 1
+    assert proxied.tables[0].update > 0
+    assert whole.tables[0].update == pytest.approx(proxied.tables[0].update, rel=1e-6)
+    assert_same(before, state(model))
+
+
+def test_no_table_sized_copy_unless_the_table_can_move(model, monkeypatch):
+    table = model.get_layer("tok").embeddings.shape.num_elements()
+    sizes = []
+    identity = tf.identity
+
+    def recording(value, *args, **kwargs):
+        out = identity(value, *args, **kwargs)
+        sizes.append(out.shape.num_elements())
+        return out
+
+    monkeypatch.setattr(tf, "identity", recording)
+    audit(model, optimizer=keras.optimizers.AdamW(1e-2))
+    assert sizes and table not in sizes  # pad rows and the small layers only
+    sizes.clear()
+    audit(model, optimizer=lambda: CountingSGD(0.1), checks=("update",))
+    assert table in sizes  # a non-element-wise optimizer moves every row: saved whole
+
+
+def test_an_audit_never_sends_the_table_into_copy_on_read(model, monkeypatch):
+    """A gather, scatter or slice-assign on a variable makes TensorFlow copy it on every later
+    read (about 30 ms for a 1M x 64 table): the audit must not do that to the user's table."""
+    from tensorflow.python.ops import gen_array_ops, gen_resource_variable_ops
+
+    variable = model.get_layer("tok").embeddings.value
+    prefixes = ("resource_gather", "resource_scatter", "resource_strided_slice_assign")
+    touched = []
+
+    def guard(module, name):
+        original = getattr(module, name)
+
+        def call(resource, *args, **kwargs):
+            if resource is variable.handle:
+                touched.append(name)
+            return original(resource, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, call)
+
+    for module in (gen_resource_variable_ops, gen_array_ops):
+        for name in dir(module):
+            if name.startswith(prefixes) and not name.endswith("_eager_fallback"):
+                guard(module, name)
+    audit(model, optimizer=keras.optimizers.AdamW(1e-2), steps=2)
+    audit(model, optimizer=lambda: CountingSGD(0.1), checks=("update",))
+    assert touched == []
+    tf.gather(variable, [0])  # the guard sees what it must: a gather from the table
+    assert touched == ["resource_gather"]

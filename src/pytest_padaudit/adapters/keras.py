@@ -35,6 +35,7 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
+from .keras_optim import PadRowStepper, elementwise, row_of
 from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
 
 _FLAVOURS = ("keras", "tf_keras")
@@ -86,6 +87,12 @@ class KerasHandle:
         self.named = named_layers(model)
         self._layers: dict[str, Any] = {}
         self._grads: list[tuple[Any, Any]] = []
+        #: each table's pad-row gradient from the last train pass (for the pad-row stepper).
+        self._pad_grads: dict[str, np.ndarray | None] = {}
+        #: (variable, copy) put back when the audit ends; whole tables join when needed.
+        self._saved: list[tuple[Any, Any]] = []
+        self._audited: list[Table] = []
+        self._stepper: PadRowStepper | None = None
         #: per table: (max|g| of the variable's pad row, max|g| through the lookup or None).
         self.grad_sources: dict[str, tuple[float, float | None]] = {}
         self.last_batch: PadBatch | None = None
@@ -129,7 +136,23 @@ class KerasHandle:
                     _notes(layer),
                 )
             )
+        self._audited = [t for t in found if t.pad_idx is not None]
         return found
+
+    def _row_tables(self) -> list[tuple[str, Any, int]]:
+        """Return (path, tf.Variable, pad) of audited tables whose rows move one by one.
+
+        Their pad rows are stepped as copies and the tables never written; LoRA tables (rows
+        share their factors) and constrained ones (a constraint may rescale every row) are
+        stepped for real and saved whole.
+        """
+        rows = []
+        for t in self._audited:
+            layer = self._layers[t.path]
+            if getattr(layer, "lora_enabled", False) or _constraint(layer):
+                continue
+            rows.append((t.path, tf_variable(_base_variable(layer)), t.pad_idx))
+        return rows
 
     def default_vocab_size(self) -> int | None:
         return None
@@ -137,8 +160,14 @@ class KerasHandle:
     # -- state -----------------------------------------------------------------------
     @contextmanager
     def preserve(self, seed: int) -> Iterator[None]:
+        """Snapshot the variables on the device; put them back on exit, always.
+
+        Tables whose rows move one by one are never written (see keras_optim), so no
+        O(vocab) copy is made unless an optimizer that is not element-wise steps them.
+        """
         variables = _unique([tf_variable(v) for v in self.model.variables])
-        saved = [(v, tf.identity(v)) for v in variables]
+        skip = {id(table) for _, table, _ in self._row_tables()}
+        self._saved = [(v, tf.identity(v)) for v in variables if id(v) not in skip]
         losses = saved_losses([self.model] + [layer for _, layer in self.named])
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
@@ -148,8 +177,10 @@ class KerasHandle:
                 yield
         finally:
             self._grads = []
-            for var, value in saved:
+            self._stepper = None
+            for var, value in self._saved:
                 var.assign(value)
+            self._saved = []
             for holder, value in losses:
                 if isinstance(holder, list):
                     holder[:] = value
@@ -160,7 +191,13 @@ class KerasHandle:
             random.setstate(py_state)
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
-        return {t.path: _effective_row(self._layers[t.path], t.pad_idx) for t in tables}
+        stepped = {t.path: self._stepper.row(t.path) for t in tables} if self._stepper else {}
+        return {
+            t.path: _effective_row(self._layers[t.path], t.pad_idx)
+            if stepped.get(t.path) is None
+            else stepped[t.path]
+            for t in tables
+        }
 
     # -- passes ----------------------------------------------------------------------
     def tensors(self, batch: PadBatch, *, training: bool) -> KerasBatch:
@@ -283,6 +320,7 @@ class KerasHandle:
             own = pad_row(by_var.get(id(base)), t.pad_idx) if id(base) in by_var else None
             lookup = through.get(t.path)
             result[t.path] = lookup if getattr(layer, "lora_enabled", False) else own
+            self._pad_grads[t.path] = own
             self.grad_sources[t.path] = (
                 _peak(own if own is not None else lookup),
                 None if lookup is None else _peak(lookup),
@@ -298,11 +336,22 @@ class KerasHandle:
         uses = getattr(optimizer, "_use_weight_decay", None)
         if decay and callable(uses) and not any(uses(v) for v in variables):
             decay = 0.0
-        return OptimizerInfo(type(optimizer).__name__, decay, optimizer)
+        name = type(optimizer).__name__
+        light = self._row_tables()
+        if elementwise(self.keras, optimizer) and len(light) == len(tables):
+            self._stepper = PadRowStepper(self.keras, optimizer, light)
+            return OptimizerInfo(name, decay, self._stepper)
+        saved = {id(v) for v, _ in self._saved}  # it steps the real tables: save them whole
+        self._saved += [
+            (table, tf.identity(table)) for _, table, _ in light if id(table) not in saved
+        ]
+        return OptimizerInfo(name, decay, optimizer)
 
     def step(self, optimizer: OptimizerInfo) -> None:
-        if optimizer.state is not None and self._grads:
-            optimizer.state.apply_gradients(self._grads)
+        if isinstance(optimizer.state, PadRowStepper):
+            optimizer.state.step(self._pad_grads)
+        elif optimizer.state is not None and self._grads:  # dense: no scatter into tables
+            optimizer.state.apply_gradients([(tf.convert_to_tensor(g), v) for g, v in self._grads])
 
     def invariance_pass(
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
@@ -414,11 +463,16 @@ def _table_variables(layer: Any) -> list[Any]:
     return [v for v in parts if id(v) in trainable]
 
 
+def _constraint(layer: Any) -> Any:
+    """Return the table's embeddings constraint, if any."""
+    return getattr(layer, "embeddings_constraint", None)
+
+
 def _effective_row(layer: Any, pad: int) -> np.ndarray:
     """Return row ``pad`` as the layer looks it up (LoRA: base + scaled delta)."""
-    row = tf.cast(tf.gather(tf_variable(_base_variable(layer)), [pad]), tf.float32)
+    row = tf.cast(row_of(tf_variable(_base_variable(layer)), pad), tf.float32)
     if getattr(layer, "lora_enabled", False):
-        a = tf.gather(tf_variable(layer.lora_embeddings_a), [pad])
+        a = row_of(tf_variable(layer.lora_embeddings_a), pad)
         delta = tf.matmul(a, tf.convert_to_tensor(tf_variable(layer.lora_embeddings_b)))
         row = row + (layer.lora_alpha / layer.lora_rank) * tf.cast(delta, tf.float32)
         row = tf.cast(tf.cast(row, layer.compute_dtype), tf.float32)

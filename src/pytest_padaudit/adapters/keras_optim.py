@@ -1,0 +1,83 @@
+"""Optimizers for the Keras update check.
+
+Keras' built-in element-wise optimizers (SGD, Adam, AdamW, ...) update each element from its
+own gradient and state alone, so stepping a one-row copy of the pad row is what stepping the
+whole table would do to that row: O(dim), not O(vocab), and the table is never written. Any
+other optimizer (Lamb, Adafactor, norm clipping, a subclass) steps the real tables, with dense
+gradients.
+
+Never gather from, scatter into or slice-assign a table variable: TensorFlow then switches the
+variable to copy-on-read, and every later read of it copies the whole table (about 30 ms for
+1M x 64), in the user's training too. Rows are read as slices of a dense read instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+#: optimizer classes (by name, in keras.optimizers) that update element by element.
+ELEMENTWISE = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Nadam",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "Ftrl",
+    "Lion",
+)
+
+
+def elementwise(keras: Any, optimizer: Any) -> bool:
+    """Say whether ``optimizer`` updates each element from its own gradient and state."""
+    classes = tuple(
+        c for name in ELEMENTWISE if isinstance(c := getattr(keras.optimizers, name, None), type)
+    )
+    clipped = any(getattr(optimizer, a, None) for a in ("clipnorm", "global_clipnorm"))
+    return type(optimizer) in classes and not clipped
+
+
+def row_of(variable: Any, pad: int) -> tf.Tensor:
+    """Return row ``pad`` of a variable, shape (1, dim), by slicing a dense read."""
+    return tf.convert_to_tensor(variable)[pad : pad + 1]
+
+
+class PadRowStepper:
+    """Step copies of the tables' pad rows with ``optimizer``; the tables stay untouched.
+
+    Between steps the model keeps its original pad rows; ``row(path)`` is the stepped one.
+    """
+
+    def __init__(self, keras: Any, optimizer: Any, rows: Sequence[tuple[str, Any, int]]) -> None:
+        self.optimizer = optimizer
+        self.rows = list(rows)  # (path, the table's tf.Variable, pad id)
+        make = getattr(keras, "Variable", None) or tf.Variable
+        self.proxies = []
+        decays = getattr(optimizer, "_use_weight_decay", None)
+        for path, table, pad in self.rows:
+            proxy = make(row_of(table, pad), name=f"padaudit_{path.replace('.', '_')}")
+            if callable(decays) and not decays(table):  # keep the user's exclusions
+                optimizer.exclude_from_weight_decay(var_list=[proxy])
+            self.proxies.append(proxy)
+
+    def step(self, pad_grads: dict[str, np.ndarray | None]) -> None:
+        """Apply one step to each pad row with its gradient (zero when it had none)."""
+        pairs = []
+        for (path, _, _), proxy in zip(self.rows, self.proxies, strict=True):
+            grad = pad_grads.get(path)
+            row = np.zeros(proxy.shape, np.float32) if grad is None else grad[None]
+            pairs.append((tf.constant(row, dtype=proxy.dtype), proxy))
+        self.optimizer.apply_gradients(pairs)
+
+    def row(self, path: str) -> np.ndarray | None:
+        """Return the stepped pad row of table ``path`` (None: not stepped here)."""
+        for (name, _, _), proxy in zip(self.rows, self.proxies, strict=True):
+            if name == path:
+                return np.asarray(tf.convert_to_tensor(proxy), np.float32)[0]
+        return None
