@@ -47,6 +47,15 @@ class PadBatch:
         """Return the distinct token ids at real positions, sorted."""
         return np.unique(self.ids[self.mask])
 
+    def reachable_rows(self, rows: int, pad: int) -> np.ndarray:
+        """Rows of a ``rows``-row table a real token or a position can look up, ``pad`` left out.
+
+        The invariance check compares only these rows of a table's gradient: O(tokens).
+        """
+        positions = np.arange(2 * self.shape[1] + 2)
+        candidates = np.unique(np.concatenate([self.ids[self.mask], positions]))
+        return candidates[(candidates < rows) & (candidates != pad)]
+
     def describe(self) -> str:
         """Return a one-line description for failure messages."""
         b, t = self.shape

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from . import __version__
-from . import report as render
 from .plugin import REPORTS
 
 #: the TestReport attribute that holds the audits run since the previous report.
@@ -101,15 +100,18 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the audits run since the last report: JUnit properties, data, reproduction."""
-    audits = item.stash.get(REPORTS, [])
-    new = [render.primitives(a.to_dict()) for a in audits[item.stash.get(_SENT, 0) :]]
-    item.stash[_SENT] = len(audits)
+    audits = item.stash.get(REPORTS, [])[item.stash.get(_SENT, 0) :]
+    if not audits:  # the common case: nothing to attach, and nothing imported
+        return (yield)
+    from . import report as render  # rendering loads only when an audit ran
+
+    new = [render.primitives(a.to_dict()) for a in audits]
+    item.stash[_SENT] = item.stash.get(_SENT, 0) + len(audits)
     for audit in new:  # item.user_properties reach the teardown report, which junitxml reads
         item.user_properties.extend(render.junit_properties(audit))
     report = yield
-    if new:
-        setattr(report, ATTR, new)
-        report.sections.extend((SECTION, render.reproduction(a)) for a in new if not a["passed"])
+    setattr(report, ATTR, new)
+    report.sections.extend((SECTION, render.reproduction(a)) for a in new if not a["passed"])
     return report
 
 
@@ -132,6 +134,8 @@ class ReportSession:
         return sorted(self.audits, key=lambda a: str(a.get("test")))
 
     def pytest_sessionfinish(self) -> None:
+        from . import report as render  # rendering loads only when used
+
         audits = self.ordered()
         for target in self.targets:
             if target.kind == "json":
@@ -159,6 +163,8 @@ class ReportSession:
         self.written.append((f"padaudit {target.kind} report {how} {path}", True))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from . import report as render  # rendering loads only when used
+
         tr = terminalreporter
         if any(t.kind == "term" for t in self.targets):
             audits = self.ordered()

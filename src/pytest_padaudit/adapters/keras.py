@@ -373,12 +373,10 @@ class KerasHandle:
         return result, outputs
 
     def _reachable_rows(self, batch: PadBatch, tables: Sequence[Table]) -> dict[int, np.ndarray]:
-        """Rows of each audited table a real token or position can reach, pad rows left out."""
-        positions = np.arange(2 * batch.shape[1] + 2)
+        """Map each audited table's variables to the rows the invariance check compares."""
         reach = {}
         for t in tables:
-            rows = np.union1d(batch.real_ids(), positions)
-            rows = rows[(rows < t.rows) & (rows != t.pad_idx)]
+            rows = batch.reachable_rows(t.rows, t.pad_idx)
             for var in _table_variables(self._layers[t.path]):
                 if var.shape[0] == t.rows:
                     reach[id(var)] = rows

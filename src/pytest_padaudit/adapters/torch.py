@@ -372,13 +372,11 @@ def _can_be_sparse(layer: nn.Module) -> bool:
 def _reachable_rows(
     batch: PadBatch, tables: Sequence[Table], layers: Mapping[str, nn.Module]
 ) -> dict[int, torch.Tensor]:
-    """Rows of each audited table a real token or position can reach, pad rows left out."""
-    positions = np.arange(2 * batch.shape[1] + 2)
-    candidates = np.unique(np.concatenate([batch.ids[batch.mask], positions]))
+    """Map each audited table's weight to the rows the invariance check compares."""
     reach = {}
     for t in tables:
-        rows = candidates[(candidates < t.rows) & (candidates != t.pad_idx)]
         weight = layers[t.path].weight
+        rows = batch.reachable_rows(t.rows, t.pad_idx)
         reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
     return reach
 
