@@ -147,8 +147,8 @@ def pad_row(grad: Any, pad: int) -> np.ndarray | None:
     if grad is None:
         return None
     if isinstance(grad, tf.IndexedSlices):
-        hit = tf.equal(tf.cast(grad.indices, tf.int64), pad)
-        return to_numpy(tf.reduce_sum(tf.boolean_mask(grad.values, hit), axis=0))
+        hit = np.asarray(grad.indices) == pad
+        return to_numpy(grad.values)[hit].sum(0)
     return to_numpy(tf.gather(grad, pad))
 
 
