@@ -7,7 +7,8 @@ never framework tensors, so the engine stays framework-free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -54,6 +55,23 @@ class Trace:
 
     owner: str = "model"
     entries: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
+
+
+def output_leaves(output: Any, is_leaf: Callable[[Any], bool], depth: int = 0) -> Iterator[Any]:
+    """Yield the leaves of a (nested) model output: mappings, tuples, lists, dataclasses."""
+    if depth > 8:
+        return
+    if is_leaf(output):
+        yield output
+    elif isinstance(output, Mapping):
+        for value in output.values():
+            yield from output_leaves(value, is_leaf, depth + 1)
+    elif isinstance(output, (tuple, list)):
+        for value in output:
+            yield from output_leaves(value, is_leaf, depth + 1)
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        for f in dataclasses.fields(output):
+            yield from output_leaves(getattr(output, f.name), is_leaf, depth + 1)
 
 
 @runtime_checkable

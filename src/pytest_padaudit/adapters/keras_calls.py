@@ -7,14 +7,15 @@ with ``_flatten_layers`` (both have it) and calls are recorded by shadowing a la
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from ..handle import output_leaves
 
 ROOT = "(model)"
 _MISSING = object()
@@ -93,22 +94,10 @@ def keras_mask(tensor: Any) -> Any:
     return getattr(tensor, "_keras_mask", None)
 
 
-def floating_tensors(output: Any, depth: int = 0) -> Iterator[tf.Tensor]:
+def floating_tensors(output: Any) -> Iterator[tf.Tensor]:
     """Yield every floating-point tensor in a (nested) model output."""
-    if depth > 8:
-        return
-    if tf.is_tensor(output) and not isinstance(output, tf.SparseTensor):
-        if output.dtype.is_floating:
-            yield output
-    elif isinstance(output, Mapping):
-        for value in output.values():
-            yield from floating_tensors(value, depth + 1)
-    elif isinstance(output, (tuple, list)):
-        for value in output:
-            yield from floating_tensors(value, depth + 1)
-    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
-        for f in dataclasses.fields(output):
-            yield from floating_tensors(getattr(output, f.name), depth + 1)
+    leaves = output_leaves(output, lambda x: tf.is_tensor(x) and not isinstance(x, tf.SparseTensor))
+    return (t for t in leaves if t.dtype.is_floating)
 
 
 def to_numpy(tensor: Any) -> np.ndarray:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
-from ..handle import OptimizerInfo, Table, Trace
+from ..handle import OptimizerInfo, Table, Trace, output_leaves
 from ..options import AuditOptions
 from .torch_optim import PadRowStepper, pad_row_grad
 
@@ -40,22 +40,10 @@ class TorchBatch:
     numpy: PadBatch
 
 
-def floating_tensors(output: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+def floating_tensors(output: Any) -> Iterator[torch.Tensor]:
     """Yield every floating-point tensor in a (nested) model output."""
-    if depth > 8:
-        return
-    if isinstance(output, torch.Tensor):
-        if output.is_floating_point():
-            yield output
-    elif isinstance(output, Mapping):
-        for value in output.values():
-            yield from floating_tensors(value, depth + 1)
-    elif isinstance(output, (tuple, list)):
-        for value in output:
-            yield from floating_tensors(value, depth + 1)
-    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
-        for f in dataclasses.fields(output):
-            yield from floating_tensors(getattr(output, f.name), depth + 1)
+    leaves = output_leaves(output, lambda x: isinstance(x, torch.Tensor))
+    return (t for t in leaves if t.is_floating_point())
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
