@@ -153,25 +153,27 @@ class KerasBench(Bench):
         keras.utils.set_random_seed(0)
         self.keras = keras
 
-    def _classifier(self, vocab: int, dim: int, body: Callable[[Any], Any]) -> Any:
+    def _classifier(self, vocab: int, dim: int, body: Callable[[Any, Any], Any]) -> Any:
         keras = self.keras
         ids = keras.Input((None,), dtype="int32")
+        keep = keras.ops.not_equal(ids, 0)
         x = keras.layers.Embedding(vocab, dim, mask_zero=True, name="embed")(ids)
-        x = keras.layers.GlobalAveragePooling1D()(body(x))
+        x = keras.layers.GlobalAveragePooling1D()(body(x, keep), mask=keep)
         return keras.Model(ids, keras.layers.Dense(4)(x))
 
     def pool(self, vocab: int) -> Any:
-        return self._classifier(vocab, DIM, lambda x: x)
+        return self._classifier(vocab, DIM, lambda x, keep: x)
 
     def encoder(self) -> Any:
-        layers = self.keras.layers
+        layers, ops = self.keras.layers, self.keras.ops
 
-        def body(x: Any) -> Any:
-            for _ in range(4):
-                x = layers.LayerNormalization()(x + layers.MultiHeadAttention(4, 64)(x, x))
-                x = layers.LayerNormalization()(
-                    x + layers.Dense(256)(layers.Dense(1024, activation="relu")(x))
-                )
+        def body(x: Any, keep: Any) -> Any:
+            attend = ops.expand_dims(keep, 1)  # (batch, 1, keys): never attend to pad keys
+            for _ in range(4):  # Keras' attention passes no mask on: give each one its own
+                attention = layers.MultiHeadAttention(4, 64)(x, x, attention_mask=attend)
+                x = layers.LayerNormalization()(layers.Add()([x, attention]))
+                ffn = layers.Dense(256)(layers.Dense(1024, activation="relu")(x))
+                x = layers.LayerNormalization()(layers.Add()([x, ffn]))
             return x
 
         return self._classifier(10_000, 256, body)

@@ -35,8 +35,16 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
-from .keras_optim import PadRowStepper, elementwise, row_of
+from .keras_optim import PadRowStepper, elementwise
 from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
+from .keras_tables import (
+    base_variable,
+    constraint,
+    effective_row,
+    notes,
+    own_variables,
+    table_variables,
+)
 
 _FLAVOURS = ("keras", "tf_keras")
 #: Keras warnings the audit's own passes trigger on purpose (the findings say it better).
@@ -102,7 +110,7 @@ class KerasHandle:
         embedding = self.keras.layers.Embedding
         owners: dict[int, list[str]] = {}
         for path, layer in [(ROOT, self.model), *self.named]:
-            for var in _own_variables(layer):
+            for var in own_variables(layer):
                 owners.setdefault(id(var), []).append(path)
         found = []
         for path, layer in [(ROOT, self.model), *self.named]:
@@ -120,7 +128,7 @@ class KerasHandle:
             if pad is not None and pad < 0:
                 pad += rows
             lora = bool(getattr(layer, "lora_enabled", False))
-            base = _base_variable(layer)
+            base = base_variable(layer)
             tied = tuple(o for o in owners.get(id(base), []) if o != path)
             self._layers[path] = layer
             found.append(
@@ -131,9 +139,9 @@ class KerasHandle:
                     type(layer).__name__ + ("(lora)" if lora else ""),
                     pad,
                     own is not None,
-                    bool(_table_variables(layer)),
+                    bool(table_variables(layer)),
                     tied,
-                    _notes(layer),
+                    notes(layer),
                 )
             )
         self._audited = [t for t in found if t.pad_idx is not None]
@@ -149,9 +157,9 @@ class KerasHandle:
         rows = []
         for t in self._audited:
             layer = self._layers[t.path]
-            if getattr(layer, "lora_enabled", False) or _constraint(layer):
+            if getattr(layer, "lora_enabled", False) or constraint(layer):
                 continue
-            rows.append((t.path, tf_variable(_base_variable(layer)), t.pad_idx))
+            rows.append((t.path, tf_variable(base_variable(layer)), t.pad_idx))
         return rows
 
     def default_vocab_size(self) -> int | None:
@@ -193,7 +201,7 @@ class KerasHandle:
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         stepped = {t.path: self._stepper.row(t.path) for t in tables} if self._stepper else {}
         return {
-            t.path: _effective_row(self._layers[t.path], t.pad_idx)
+            t.path: effective_row(self._layers[t.path], t.pad_idx)
             if stepped.get(t.path) is None
             else stepped[t.path]
             for t in tables
@@ -290,7 +298,7 @@ class KerasHandle:
         self._require_trainable()
         self.last_batch = batch
         kb = self.tensors(batch, training=True)
-        targets = _unique([v for t in tables for v in _table_variables(self._layers[t.path])])
+        targets = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
         lookups: list[tuple[str, Any, Any]] = []
         layers = [(t.path, self._layers[t.path]) for t in tables]
 
@@ -316,7 +324,7 @@ class KerasHandle:
         result: dict[str, np.ndarray | None] = {}
         for t in tables:
             layer = self._layers[t.path]
-            base = _base_variable(layer)
+            base = base_variable(layer)
             own = pad_row(by_var.get(id(base)), t.pad_idx) if id(base) in by_var else None
             lookup = through.get(t.path)
             result[t.path] = lookup if getattr(layer, "lora_enabled", False) else own
@@ -328,7 +336,7 @@ class KerasHandle:
         return result
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
-        variables = _unique([v for t in tables for v in _table_variables(self._layers[t.path])])
+        variables = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
         if not variables:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
         optimizer = build_optimizer(self.keras, spec)
@@ -377,7 +385,7 @@ class KerasHandle:
         reach = {}
         for t in tables:
             rows = batch.reachable_rows(t.rows, t.pad_idx)
-            for var in _table_variables(self._layers[t.path]):
+            for var in table_variables(self._layers[t.path]):
                 if var.shape[0] == t.rows:
                     reach[id(var)] = rows
         return reach
@@ -427,67 +435,6 @@ class KerasHandle:
         if path == ROOT:
             return self.model
         return dict(self.named).get(path) if path else None
-
-
-def _own_variables(layer: Any) -> list[Any]:
-    """Return the variables a layer tracks itself (not through its sub-layers)."""
-    own = [
-        *(getattr(layer, "_trainable_variables", None) or []),
-        *(getattr(layer, "_non_trainable_variables", None) or []),
-    ]
-    if not own:  # tf_keras
-        own = [
-            *(getattr(layer, "_trainable_weights", None) or []),
-            *(getattr(layer, "_non_trainable_weights", None) or []),
-        ]
-    return own
-
-
-def _base_variable(layer: Any) -> Any:
-    """Return the Embedding's stored table variable."""
-    base = getattr(layer, "_embeddings", None)
-    return base if base is not None else layer.embeddings
-
-
-def _table_variables(layer: Any) -> list[Any]:
-    """Return the trainable variables that make up the table's rows."""
-    if not layer.trainable:
-        return []
-    if getattr(layer, "lora_enabled", False):
-        parts = [layer.lora_embeddings_a, layer.lora_embeddings_b]
-    else:
-        parts = [_base_variable(layer)]
-    trainable = {id(v) for v in layer.trainable_variables}
-    return [v for v in parts if id(v) in trainable]
-
-
-def _constraint(layer: Any) -> Any:
-    """Return the table's embeddings constraint, if any."""
-    return getattr(layer, "embeddings_constraint", None)
-
-
-def _effective_row(layer: Any, pad: int) -> np.ndarray:
-    """Return row ``pad`` as the layer looks it up (LoRA: base + scaled delta)."""
-    row = tf.cast(row_of(tf_variable(_base_variable(layer)), pad), tf.float32)
-    if getattr(layer, "lora_enabled", False):
-        a = row_of(tf_variable(layer.lora_embeddings_a), pad)
-        delta = tf.matmul(a, tf.convert_to_tensor(tf_variable(layer.lora_embeddings_b)))
-        row = row + (layer.lora_alpha / layer.lora_rank) * tf.cast(delta, tf.float32)
-        row = tf.cast(tf.cast(row, layer.compute_dtype), tf.float32)
-    return to_numpy(row[0])
-
-
-def _notes(layer: Any) -> tuple[str, ...]:
-    notes = []
-    if getattr(layer, "mask_zero", False):
-        notes.append("mask_zero=True")
-    if getattr(layer, "lora_enabled", False):
-        notes.append(f"lora_rank={layer.lora_rank}")
-    for name in ("embeddings_constraint", "embeddings_regularizer", "quantization_mode"):
-        value = getattr(layer, name, None)
-        if value:
-            notes.append(f"{name}={getattr(value, '__name__', type(value).__name__)}")
-    return tuple(notes)
 
 
 def _unique(variables: Sequence[Any]) -> list[Any]:
