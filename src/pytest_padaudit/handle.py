@@ -28,13 +28,25 @@ class Table:
     rows: int
     dim: int
     kind: str
-    #: the pad id audited (the layer's own, else ``pad_idx=``); None: not audited.
+    #: the id the batch pads with for this table: ``pad_idx=`` (an int, or this path's entry
+    #: of a mapping) when given, else :attr:`own_pad_idx`; None: no pad id known. A negative
+    #: ``pad_idx=`` is normalised (+ rows) only when that lands in range; else kept as written.
     pad_idx: int | None
-    #: True when the pad id comes from the layer (``padding_idx``, ``mask_zero``).
+    #: True when the layer itself keeps the pad row out of training (``padding_idx``,
+    #: ``mask_zero``).
     own_pad: bool
     trainable: bool = True
+    #: modules other than embedding tables sharing the weight (an LM head: tied weights).
     tied_with: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: the model's own pad id for this table: torch ``padding_idx`` normalised >= 0 (else,
+    #: for a transformers input embedding, ``config.pad_token_id``); Keras ``mask_zero`` -> 0.
+    #: When not None and different from :attr:`pad_idx`, the engine reports ``pad_mismatch``
+    #: naming both ids: the data pads with ``pad_idx``, so that row trains.
+    own_pad_idx: int | None = None
+    #: set by the engine after :meth:`ModelHandle.lookups`: True when the table is looked up
+    #: with the batch's token ids (only such a table has a pad row); None: not known.
+    token: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,13 @@ class Trace:
     entries: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
 
 
+def pad_for(pad_idx: int | Mapping[str, int] | None, path: str) -> int | None:
+    """Return the ``pad_idx=`` that applies to table ``path``: the int, or its mapping entry."""
+    if isinstance(pad_idx, Mapping):
+        return pad_idx.get(path)
+    return pad_idx
+
+
 def output_leaves(output: Any, is_leaf: Callable[[Any], bool], depth: int = 0) -> Iterator[Any]:
     """Yield the leaves of a (nested) model output: mappings, tuples, lists, dataclasses."""
     if depth > 8:
@@ -76,13 +95,26 @@ def output_leaves(output: Any, is_leaf: Callable[[Any], bool], depth: int = 0) -
 
 @runtime_checkable
 class ModelHandle(Protocol):
-    """One model under audit, as a framework adapter sees it."""
+    """One model under audit, as a framework adapter sees it.
+
+    Optional: ``input_table() -> str | None``, the path of the table the model's inputs
+    go through when the model says so (transformers ``get_input_embeddings()``); the
+    engine takes the batch's vocabulary and pad id from it before :meth:`lookups`. A
+    third-party handle without ``lookups``, ``head_grads`` or ``reset`` still works: all
+    its tables with a pad id count as token tables, and ``grad`` is the whole gradient.
+    """
 
     framework: str
     model_class: str
 
-    def tables(self, pad_idx: int | None) -> list[Table]:
-        """List every embedding table, resolving each one's pad id."""
+    def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
+        """List every embedding table, resolving each one's pad id.
+
+        ``pad_idx`` is ``pad_idx=`` as given: an int, a mapping ``{layer path: id}`` (see
+        :func:`pad_for`) or None. It is the id the data pads with: every table gets it as
+        :attr:`Table.pad_idx` (the engine audits only token tables, see :meth:`lookups`),
+        and :attr:`Table.own_pad_idx` the model's own.
+        """
 
     def default_vocab_size(self) -> int | None:
         """Return the model's vocabulary size when it declares one (else None)."""
@@ -93,10 +125,43 @@ class ModelHandle(Protocol):
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         """Return each table's pad row as it is now."""
 
+    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
+        """Run ONE forward pass recording the ids each table is looked up with.
+
+        No gradients, train-only randomness off. Return ``{table path: np.unique(ids)}``
+        for every table; a table never called maps to an empty array. The engine calls a
+        table a token table when its ids contain at least half of ``batch.real_ids()``;
+        the others (positions, segments, relative-attention buckets) are listed as "not a
+        token table" and not audited. If none is a token table, the engine keeps the
+        tables with a pad id of their own (else every table with a pad id) and adds a note.
+        """
+
     def train_pass(
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
     ) -> dict[str, np.ndarray | None]:
-        """Run forward and backward in training mode; return each pad row's gradient."""
+        """Run forward and backward in training mode; return each pad row's gradient.
+
+        For a table tied to an output projection (an LM head) this is ONLY the part that
+        came through the table's lookups, computed directly (not total minus head: that
+        leaves float noise); :meth:`head_grads` gives the rest. The gradients a following
+        :meth:`step` applies are the full ones (lookups + head), as training would.
+        """
+
+    def head_grads(self) -> dict[str, np.ndarray]:
+        """Return, for each tied table of the last :meth:`train_pass`, the part of its pad
+        row's gradient that came through the output projection it is tied to.
+
+        The engine judges it as a separate ``grad`` finding with cause ``tied`` (``explain``
+        event ``"tied"``); the lookup part is judged like an untied table's.
+        """
+
+    def reset(self) -> None:
+        """Put parameters, buffers and tables back to their state at preserve() entry.
+
+        Called inside :meth:`preserve` (between the grad/update passes and the invariance
+        passes) so every check measures the model as the user handed it over: what the
+        exit restore does, minus RNG and train/eval modes.
+        """
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
         """Build a fresh optimizer over the tables' weights from ``optimizer=``."""
@@ -105,12 +170,20 @@ class ModelHandle(Protocol):
         """Apply one optimizer step with the gradients of the last :meth:`train_pass`."""
 
     def invariance_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+        self,
+        batch: PadBatch,
+        plan: LossPlan,
+        tables: Sequence[Table],
+        perturb: int | None = None,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """Run forward and backward without train-only randomness.
 
         Return every parameter's gradient (tables: only the rows real tokens or positions
-        can reach, pad rows left out) and the outputs at real positions.
+        can reach, pad rows left out) and the outputs as FULL arrays (floating leaves in
+        :func:`output_leaves` order); the engine finds the sequence axes and cuts them.
+        ``perturb`` not None: replace the vectors the token tables emit at pad positions
+        by seeded noise (seed ``perturb``) of the table's scale, on a same-width batch
+        (used when the model cannot take a wider batch).
         """
 
     def trace(self, batch: PadBatch) -> Trace:
@@ -121,8 +194,10 @@ class ModelHandle(Protocol):
     ) -> tuple[str, str, str]:
         """Return (cause code, likely cause, fix) in the framework's words.
 
-        ``cause`` is the event the engine saw: ``grad`` (the pad row has gradient),
-        ``nonfinite``, ``forward`` (the forward pass moved the pad row; ``info`` the
+        ``cause`` is the event the engine saw: ``grad`` (the pad row has gradient through
+        the table's lookups; for a tied table whose head part :meth:`head_grads` reports,
+        the table's own cause, never ``tied``), ``tied`` (the head part; ``info`` its
+        max|g|), ``nonfinite``, ``forward`` (the forward pass moved the pad row; ``info`` the
         change), ``optimizer`` (it moved a row whose gradient is zero; ``info`` the
         :class:`OptimizerInfo`) or ``invariance`` (``info`` the first module whose outputs
         differ, or None).
