@@ -45,6 +45,10 @@ def llama(**extra: object) -> object:
     return transformers.LlamaForCausalLM(config)
 
 
+#: GPT-2 without padding_idx: pads train wte through the lookups and the tied head.
+TIED = ("tied", "no_padding_idx")
+
+
 def gpt2() -> object:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
@@ -115,8 +119,10 @@ def test_roberta_pad_id_one_and_padding_aware_positions() -> None:
     report = audit(model)
     assert report.passed, report.failure_message()
     rows = {t.layer: t for t in report.tables}
-    for layer in ("embeddings.word_embeddings", "embeddings.position_embeddings"):
-        assert (rows[layer].pad_idx, rows[layer].grad, rows[layer].update) == (1, 0.0, 0.0)
+    word = rows["embeddings.word_embeddings"]
+    assert (word.pad_idx, word.grad, word.update) == (1, 0.0, 0.0)
+    # padding_idx=1 on the position table too, but it is looked up with positions
+    assert rows["embeddings.position_embeddings"].skipped.startswith("not a token table")
     assert report.batch["pad_idx"] == 1
 
 
@@ -126,14 +132,18 @@ def test_gpt2_without_pad_token_says_pass_pad_idx() -> None:
         audit(model)
 
 
-def test_gpt2_with_pad_idx_leaks_through_the_tied_head() -> None:
+def test_gpt2_with_pad_idx_leaks_through_lookups_and_the_tied_head() -> None:
     report = audit(gpt2(), pad_idx=0)
-    grad = only(report, "grad")
-    assert (grad.layer, grad.cause) == ("transformer.wte", "tied")
-    assert "LM head lm_head" in grad.why
+    grads = {f.cause: f for f in report.findings if f.check == "grad"}
+    assert set(grads) == {"no_padding_idx", "tied"}
+    assert {f.layer for f in grads.values()} == {"transformer.wte"}
+    assert "LM head lm_head" in grads["tied"].why
     rows = {t.layer: t for t in report.tables}
-    assert not rows["transformer.wpe"].audited  # pad_idx= names a token, not a position
-    assert audit(gpt2(), pad_idx=0, allow=("tied",)).passed
+    assert rows["transformer.wte"].grad == grads["no_padding_idx"].value
+    assert rows["transformer.wte"].head_grad == grads["tied"].value
+    assert rows["transformer.wpe"].skipped.startswith("not a token table")
+    assert not audit(gpt2(), pad_idx=0, allow=("tied",)).passed  # tied covers the head only
+    assert audit(gpt2(), pad_idx=0, allow=("tied", "no_padding_idx")).passed
 
 
 def test_llama_untied_is_clean() -> None:
@@ -144,21 +154,24 @@ def test_llama_untied_is_clean() -> None:
 
 def test_llama_tied_leaks_through_lm_head() -> None:
     report = audit(llama(tie_word_embeddings=True))
-    grad = only(report, "grad")
+    grad = only(report, "grad")  # padding_idx=0 keeps the lookups off the pad row
     assert (grad.layer, grad.cause) == ("model.embed_tokens", "tied")
     assert "LM head lm_head" in grad.why
+    assert report.tables[0].grad == 0.0 and report.tables[0].head_grad == grad.value
 
 
 def test_t5_encoder_decoder_tied_and_decoder_start() -> None:
     model = t5()
     report = audit(model)
     assert [t.layer for t in report.tables if t.audited] == ["shared"]  # once per weight
-    grad = only(report, "grad")
-    assert (grad.layer, grad.cause, grad.pad_idx) == ("shared", "tied", 0)
-    assert "LM head lm_head" in grad.why
-    assert "decoder_start_token_id=0" in grad.why
+    grads = {f.cause: f for f in report.findings if f.check == "grad"}
+    assert set(grads) == {"no_padding_idx", "tied"}  # T5's shared has no padding_idx
+    assert {(f.layer, f.pad_idx) for f in grads.values()} == {("shared", 0)}
+    assert "LM head lm_head" in grads["tied"].why
+    assert "decoder_start_token_id=0" in grads["no_padding_idx"].why
     assert report.invariance.value < 1e-4
-    assert audit(model, allow=("tied",)).passed
+    assert not audit(model, allow=("tied",)).passed
+    assert audit(model, allow=("tied", "no_padding_idx")).passed
 
 
 def test_t5_decoder_inputs_come_from_the_same_batch() -> None:
@@ -186,7 +199,7 @@ def test_llama_left_padding_is_invariant() -> None:
 
 
 def test_gpt2_left_padding_shifts_absolute_positions() -> None:
-    report = audit(gpt2(), pad_idx=0, padding_side="left", allow=("tied",))
+    report = audit(gpt2(), pad_idx=0, padding_side="left", allow=TIED)
     inv = only(report, "invariance")
     assert not inv.allowed and inv.cause == "invariance"
     assert "left padding shifts the position" in inv.why
@@ -198,7 +211,7 @@ def test_gpt2_left_padding_shifts_absolute_positions() -> None:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return model(input_ids=batch.ids, attention_mask=mask, position_ids=positions)
 
-    fixed = audit(gpt2(), pad_idx=0, padding_side="left", allow=("tied",), forward=with_positions)
+    fixed = audit(gpt2(), pad_idx=0, padding_side="left", allow=TIED, forward=with_positions)
     assert fixed.passed, fixed.failure_message()
 
 

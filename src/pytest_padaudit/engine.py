@@ -6,7 +6,7 @@ through NumPy arrays and turns the measurements into findings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,16 @@ from .handle import ModelHandle, OptimizerInfo, Table, Trace
 from .hooks import plugin_manager
 from .options import AuditOptions
 from .result import AuditReport, Finding, InvarianceResult, TableResult
+from .tables import (
+    NO_PAD,
+    candidates,
+    check_range,
+    in_range,
+    likely_token_table,
+    mismatch,
+    mismatch_words,
+    token_tables,
+)
 
 
 def audit(model: object, **options: Any) -> AuditReport:
@@ -56,15 +66,17 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
     ``test`` names the test the audit runs for (the result hook sees it).
     """
     tables = handle.tables(opts.pad_idx)
-    audited = _audited_tables(handle, tables)
-    primary = audited[0]
+    found = candidates(handle, tables, opts)
+    primary = likely_token_table(handle, found)
+    check_range(primary, opts)
     vocab = opts.vocab_size or handle.default_vocab_size() or primary.rows
     if vocab > primary.rows:
         raise PadAuditError(
             f"vocab_size={vocab} exceeds the {primary.rows} rows of {primary.path}: "
             f"pass vocab_size= at most {primary.rows}"
         )
-    batch = _make_batch(opts, vocab, primary.pad_idx, tuple(t.pad_idx for t in audited))
+    pads = tuple(t.pad_idx for t in found if in_range(t))
+    batch = _make_batch(opts, vocab, primary.pad_idx, pads)
     report = AuditReport(
         framework=handle.framework,
         model=handle.model_class,
@@ -78,6 +90,7 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
         test=test,
     )
     with handle.preserve(opts.seed):
+        audited = token_tables(handle, batch, tables, opts, report)
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)
         if "invariance" in opts.checks:
@@ -86,29 +99,6 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
         finding.allowed = finding.cause in opts.allow
     plugin_manager().hook.padaudit_audit_finished(report=report)
     return report
-
-
-def _audited_tables(handle: ModelHandle, tables: Sequence[Table]) -> list[Table]:
-    if not tables:
-        raise PadAuditError(
-            f"{handle.model_class} holds no embedding table for padaudit to check: "
-            "pass a model with an embedding layer (or the sub-model that has one)"
-        )
-    audited = [t for t in tables if t.pad_idx is not None]
-    if not audited:
-        names = ", ".join(f"{t.path} ({t.kind})" for t in tables)
-        raise PadAuditError(
-            f"no pad id is known for the embedding tables of {handle.model_class}: {names}. "
-            "Pass pad_idx= (the id your tokenizer pads with), or give the layer its own "
-            "(padding_idx= in PyTorch, mask_zero=True in Keras)"
-        )
-    for t in audited:
-        if not 0 <= t.pad_idx < t.rows:
-            raise PadAuditError(
-                f"pad id {t.pad_idx} is out of range for {t.path}, which has {t.rows} rows: "
-                f"pass pad_idx= between 0 and {t.rows - 1}"
-            )
-    return audited
 
 
 def _make_batch(opts: AuditOptions, vocab: int, pad: int, pads: tuple[int, ...]) -> PadBatch:
@@ -129,7 +119,7 @@ def _make_batch(opts: AuditOptions, vocab: int, pad: int, pads: tuple[int, ...])
 
 
 def _table_result(t: Table) -> TableResult:
-    skipped = None if t.pad_idx is not None else "no pad id (pass pad_idx= if it holds tokens)"
+    skipped = None if t.pad_idx is not None else NO_PAD
     return TableResult(t.path, t.kind, t.pad_idx, t.rows, skipped, tied_with=list(t.tied_with))
 
 
@@ -149,21 +139,27 @@ def _train_checks(
     opts: AuditOptions,
     report: AuditReport,
 ) -> None:
-    """Run ``steps`` train passes (and optimizer steps); judge grad and update."""
+    """Run ``steps`` train passes (and optimizer steps); judge grad and update.
+
+    A tied table's pad-row gradient comes in two parts, judged apart: through its lookups
+    (``train_pass``) and through the output projection it is tied to (``head_grads``).
+    """
     plan = LossPlan(batch, "masked" if opts.loss == "masked" else "all", opts.seed)
     optimizer = handle.make_optimizer(tables, opts.optimizer) if "update" in opts.checks else None
+    head_grads = getattr(handle, "head_grads", None)
     start = handle.read_pad_rows(tables)
     rows = start
-    first_grad: dict[str, float] = {}
-    grad_peak = {t.path: 0.0 for t in tables}
+    first: dict[str, Grads] = {}
+    peak = {t.path: Grads() for t in tables}
     forward_peak = {t.path: 0.0 for t in tables}
     for _ in range(opts.steps if optimizer else 1):
         grads = handle.train_pass(batch, plan, tables)
+        heads = head_grads() if head_grads is not None else {}
         after_forward = handle.read_pad_rows(tables)
         for t in tables:
-            g = _maxabs(grads.get(t.path))
-            first_grad.setdefault(t.path, g)
-            grad_peak[t.path] = max(grad_peak[t.path], g) if g == g else g
+            g = Grads(_maxabs(grads.get(t.path)), _maxabs(heads.get(t.path)), t.path in heads)
+            first.setdefault(t.path, g)
+            peak[t.path] = peak[t.path].worst(g)
             moved = _maxabs(after_forward[t.path] - rows[t.path])
             forward_peak[t.path] = max(forward_peak[t.path], moved)
         if optimizer:
@@ -173,7 +169,7 @@ def _train_checks(
     for t in tables:
         result = results[t.path]
         if "grad" in opts.checks:
-            _judge_grad(handle, t, first_grad[t.path], opts, report, result)
+            _judge_grad(handle, t, first[t.path], opts, report, result)
         if optimizer:
             change = _maxabs(rows[t.path] - start[t.path])
             _judge_update(
@@ -181,7 +177,7 @@ def _train_checks(
                 t,
                 change,
                 forward_peak[t.path],
-                grad_peak[t.path],
+                peak[t.path],
                 optimizer,
                 opts,
                 report,
@@ -189,10 +185,39 @@ def _train_checks(
             )
 
 
+@dataclass(frozen=True)
+class Grads:
+    """max|g| of a pad row's gradient: through the lookups, and through a tied head."""
+
+    lookup: float = 0.0
+    head: float = 0.0
+    split: bool = False  # the handle reported a head part
+
+    def worst(self, other: Grads) -> Grads:
+        def top(a: float, b: float) -> float:
+            return a if a != a else b if b != b else max(a, b)
+
+        split = self.split or other.split
+        return Grads(top(self.lookup, other.lookup), top(self.head, other.head), split)
+
+
+def _leaks(value: float, opts: AuditOptions) -> bool:
+    return value != value or value > opts.atol
+
+
+def _lookup_words(
+    handle: ModelHandle, t: Table, opts: AuditOptions, event: str
+) -> tuple[str, str, str]:
+    """Words for a gradient through the lookups: a mismatched pad id is its own cause."""
+    if event == "grad" and t.own_pad and mismatch(t):
+        return mismatch_words(handle, t, opts)
+    return handle.explain(event, t, opts, None)
+
+
 def _judge_grad(
     handle: ModelHandle,
     t: Table,
-    g: float,
+    g: Grads,
     opts: AuditOptions,
     report: AuditReport,
     result: TableResult,
@@ -200,16 +225,30 @@ def _judge_grad(
     if not t.trainable:
         report.notes.append(f"{t.path}: grad check skipped, the table is frozen (not trainable)")
         return
-    result.grad = g
-    if g == g and g <= opts.atol:
-        return
-    event = "nonfinite" if g != g else "grad"
-    cause, why, fix = handle.explain(event, t, opts, None)
-    if event == "nonfinite":
-        message = "the pad row's gradient is not finite (nan/inf) on the synthetic batch"
-    else:
-        message = f"pad-row gradient max|g| = {g:.3g} (atol {opts.atol:g})"
-    report.findings.append(Finding("grad", t.path, t.pad_idx, g, cause, message, why, fix))
+    result.grad = g.lookup
+    if g.split:
+        result.head_grad = g.head
+    heads = ", ".join(t.tied_with) or "the output projection"
+    if _leaks(g.lookup, opts):
+        event = "nonfinite" if g.lookup != g.lookup else "grad"
+        cause, why, fix = _lookup_words(handle, t, opts, event)
+        if event == "nonfinite":
+            message = "the pad row's gradient is not finite (nan/inf) on the synthetic batch"
+        else:
+            through = " through its lookups" if g.split else ""
+            message = f"pad-row gradient{through} max|g| = {g.lookup:.3g} (atol {opts.atol:g})"
+        if g.split:
+            message += f"; the tied head {heads} adds max|g| = {g.head:.3g}, judged apart"
+        finding = Finding("grad", t.path, t.pad_idx, g.lookup, cause, message, why, fix)
+        report.findings.append(finding)
+    if g.split and _leaks(g.head, opts):
+        cause, why, fix = handle.explain("tied", t, opts, g.head)
+        message = (
+            f"pad-row gradient through the tied head {heads} max|g| = {g.head:.3g} "
+            f"(atol {opts.atol:g}); through the lookups max|g| = {g.lookup:.3g}"
+        )
+        finding = Finding("grad", t.path, t.pad_idx, g.head, cause, message, why, fix)
+        report.findings.append(finding)
 
 
 def _judge_update(
@@ -217,7 +256,7 @@ def _judge_update(
     t: Table,
     change: float,
     forward: float,
-    grad: float,
+    grad: Grads,
     optimizer: OptimizerInfo,
     opts: AuditOptions,
     report: AuditReport,
@@ -228,9 +267,13 @@ def _judge_update(
         return
     if forward > opts.atol:
         cause, why, fix = handle.explain("forward", t, opts, forward)
-    elif grad != grad or grad > opts.atol:  # the grad finding's cause, so allow= covers both
-        cause, why, fix = handle.explain("nonfinite" if grad != grad else "grad", t, opts, None)
-        why = f"its own non-zero gradient (max|g| = {grad:.3g}) moved it: {why}"
+    elif _leaks(grad.lookup, opts):  # the grad finding's cause, so allow= covers both
+        event = "nonfinite" if grad.lookup != grad.lookup else "grad"
+        cause, why, fix = _lookup_words(handle, t, opts, event)
+        why = f"its own non-zero gradient (max|g| = {grad.lookup:.3g}) moved it: {why}"
+    elif grad.split and _leaks(grad.head, opts):
+        cause, why, fix = handle.explain("tied", t, opts, grad.head)
+        why = f"the tied head's gradient (max|g| = {grad.head:.3g}) moved it: {why}"
     else:
         cause, why, fix = handle.explain("optimizer", t, opts, optimizer)
     result.update_cause = cause

@@ -23,6 +23,7 @@ CAUSES = (
     "optimizer",
     "nonfinite",
     "invariance",
+    "pad_mismatch",
 )
 
 
@@ -30,7 +31,7 @@ CAUSES = (
 class AuditOptions:
     """Everything that decides an audit; see ``audit()`` for the meaning of each field."""
 
-    pad_idx: int | None = None
+    pad_idx: int | Mapping[str, int] | None = None
     seed: int = 0
     batch_size: int = 4
     seq_len: int = 16
@@ -45,6 +46,7 @@ class AuditOptions:
     extra_pad: int | None = None
     padding_side: str = "right"
     allow: tuple[str, ...] = ()
+    tokenizer: Any = None
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> AuditOptions:
@@ -57,6 +59,8 @@ class AuditOptions:
                 f"pass one of {', '.join(sorted(known))}"
             )
         values = {name: _VALIDATORS[name](value) for name, value in kwargs.items()}
+        if values.get("tokenizer") is not None:
+            _from_tokenizer(values)
         return cls(**values)
 
     @property
@@ -85,6 +89,8 @@ def _jsonable(value: Any) -> Any:
         return value
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
     if callable(value):
@@ -104,12 +110,60 @@ def _int(name: str, low: int, *, optional: bool = False) -> Callable[[Any], Any]
     return check
 
 
-def _pad_idx(value: Any) -> int | None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pad_idx(value: Any) -> int | Mapping[str, int] | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, Mapping):
+        if value and all(isinstance(k, str) and _is_int(v) for k, v in value.items()):
+            return {k: int(v) for k, v in value.items()}
+        raise PadAuditError(
+            f"pad_idx={value!r} is not valid: pass the pad token id as an int, or a "
+            "non-empty mapping {layer path: id} such as {'embed': 0}"
+        )
+    if not _is_int(value):
         raise PadAuditError(f"pad_idx={value!r} is not valid: pass the pad token id as an int")
     return int(value)
+
+
+def _tokenizer(value: Any) -> Any:
+    if value is None:
+        return None
+    if not hasattr(value, "pad_token_id") or not hasattr(value, "padding_side"):
+        raise PadAuditError(
+            f"tokenizer={type(value).__qualname__} is not a Hugging Face tokenizer: pass "
+            "one with pad_token_id and padding_side (transformers.AutoTokenizer...), or "
+            "pass pad_idx= and padding_side= instead"
+        )
+    pad = value.pad_token_id
+    if not _is_int(pad):
+        raise PadAuditError(
+            f"tokenizer={type(value).__qualname__} has no pad token (pad_token_id={pad!r}): "
+            "set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"
+        )
+    if value.padding_side not in PADDING_SIDES:
+        raise PadAuditError(
+            f"tokenizer.padding_side={value.padding_side!r} is not valid: set it to "
+            f"{' or '.join(map(repr, PADDING_SIDES))}"
+        )
+    return value
+
+
+def _from_tokenizer(values: dict[str, Any]) -> None:
+    """Take ``pad_idx`` and ``padding_side`` from ``values["tokenizer"]``; refuse conflicts."""
+    tok = values["tokenizer"]
+    for name, value in (("pad_idx", int(tok.pad_token_id)), ("padding_side", tok.padding_side)):
+        given = values.get(name)
+        if given is not None and given != value:
+            attr = "pad_token_id" if name == "pad_idx" else name
+            raise PadAuditError(
+                f"{name}={given!r} disagrees with tokenizer.{attr}={value!r}: pass one of "
+                f"them (the tokenizer is what pads your data)"
+            )
+        values[name] = value
 
 
 def _float(name: str, *, positive: bool) -> Callable[[Any], float]:
@@ -178,4 +232,5 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "extra_pad": _int("extra_pad", 1, optional=True),
     "padding_side": _choice("padding_side", PADDING_SIDES),
     "allow": _names("allow", CAUSES, empty_ok=True),
+    "tokenizer": _tokenizer,
 }

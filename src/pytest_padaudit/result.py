@@ -35,7 +35,10 @@ class TableResult:
     pad_idx: int | None
     rows: int
     skipped: str | None = None
+    #: max|g| of the pad row's gradient through the table's lookups.
     grad: float | None = None
+    #: for a table tied to an output projection: max|g| through that head (else None).
+    head_grad: float | None = None
     update: float | None = None
     update_cause: str | None = None
     tied_with: list[str] = field(default_factory=list)

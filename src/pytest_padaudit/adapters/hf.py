@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from ..errors import PadAuditError
 from ..handle import Table
 from ..options import AuditOptions
-from .torch import _TABLES, TorchBatch, TorchHandle
+from .torch import _TABLES, TorchBatch, TorchHandle, uncompiled
 
 
 def is_hf_model(model: object) -> bool:
@@ -31,7 +32,8 @@ def is_hf_model(model: object) -> bool:
 
 
 def adapt(model: object, options: AuditOptions) -> HFHandle | None:
-    """Return a handle for a transformers PyTorch model, else None."""
+    """Return a handle for a transformers PyTorch model (or its torch.compile), else None."""
+    model = uncompiled(model)
     return HFHandle(model, options) if is_hf_model(model) else None
 
 
@@ -78,15 +80,23 @@ class HFHandle(TorchHandle):
                 return start
         return self.config_pad()
 
-    def tables(self, pad_idx: int | None) -> list[Table]:
-        """List the tables once per weight; token tables get ``pad_idx`` or the config's."""
+    def input_table(self) -> str | None:
+        """Return the path of the input embedding (``get_input_embeddings()``)."""
+        weight = self._input_weight()
+        return None if weight is None else self._path_of.get(id(weight))
+
+    def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
+        """List the tables once per weight; the input embedding's own pad id is its
+        ``padding_idx``, else ``config.pad_token_id``."""
         token_weight = self._input_weight()
-        pad = pad_idx if pad_idx is not None else self.config_pad()
+        config = self.config_pad()
         found = []
-        for t in super().tables(None):  # one table per weight (T5's shared embed_tokens)
+        for t in super().tables(pad_idx):  # one table per weight (T5's shared embed_tokens)
             weight = self._layers[t.path].weight
-            if weight is token_weight and t.pad_idx is None and pad is not None:
-                t = dataclasses.replace(t, pad_idx=pad + t.rows if pad < 0 else pad)
+            if weight is token_weight and t.own_pad_idx is None and config is not None:
+                own = config + t.rows if config < 0 else config
+                pad = t.pad_idx if t.pad_idx is not None else own
+                t = dataclasses.replace(t, pad_idx=pad, own_pad_idx=own)
             found.append(t)
         token = [t for t in found if self._layers[t.path].weight is token_weight]
         if token and token[0].pad_idx is None:
@@ -138,40 +148,63 @@ class HFHandle(TorchHandle):
     ) -> tuple[str, str, str]:
         if cause == "grad" and table is not None:
             return self._grad_words(table)
+        if cause == "tied" and table is not None:
+            return self._tied_words(table)
+        if cause == "pad_mismatch" and table is not None and not table.own_pad:
+            return self._mismatch_words(table)
         if cause == "invariance":
             words = self._invariance_words(info, options)
             if words is not None:
                 return words
         return super().explain(cause, table, options, info)
 
-    def _grad_words(self, t: Table) -> tuple[str, str, str]:
-        modules = dict(self.model.named_modules())
-        heads = [p for p in t.tied_with if not isinstance(modules.get(p), _TABLES)]
+    def _also(self, t: Table) -> str:
         start = self.decoder_start()
-        also = (
+        return (
             f"; besides, the decoder starts every target with the pad id "
             f"(decoder_start_token_id={start}), so row {t.pad_idx} is a real decoder input"
             if start is not None and start == t.pad_idx
             else ""
         )
-        zero_grad = (
+
+    def _zero_grad(self, t: Table) -> str:
+        return (
             "zero the pad row's gradient with model.get_input_embeddings().weight."
             f"register_hook(lambda g: g.index_fill(0, torch.tensor([{t.pad_idx}]), 0))"
         )
-        if heads:
-            tie = getattr(self.config, "tie_word_embeddings", None)
-            return (
-                "tied",
-                f"the LM head {', '.join(heads)} shares this weight (tied input/output "
-                f"embeddings, tie_word_embeddings={tie}): the gradient of the logits reaches "
-                f"every row of the output projection, pad row {t.pad_idx} included, whatever "
-                "padding_idx says — in training too, where the softmax gives the pad class "
-                f"gradient at every position{also}",
-                "accept it knowingly with allow=('tied',) (the pad row then trains as an "
-                "output class, as in the released model), untie the LM head "
-                "(tie_word_embeddings=False, where the architecture honours it), "
-                f"or {zero_grad}",
-            )
+
+    def _tied_words(self, t: Table) -> tuple[str, str, str]:
+        modules = dict(self.model.named_modules())
+        heads = [p for p in t.tied_with if not isinstance(modules.get(p), _TABLES)]
+        tie = getattr(self.config, "tie_word_embeddings", None)
+        return (
+            "tied",
+            f"the LM head {', '.join(heads)} shares this weight (tied input/output "
+            f"embeddings, tie_word_embeddings={tie}): the gradient of the logits reaches "
+            f"every row of the output projection, pad row {t.pad_idx} included, whatever "
+            "padding_idx says — in training too, where the softmax gives the pad class "
+            f"gradient at every position{self._also(t)}",
+            "accept it knowingly with allow=('tied',) (the pad row then trains as an "
+            "output class, as in the released model), untie the LM head "
+            "(tie_word_embeddings=False, where the architecture honours it), "
+            f"or {self._zero_grad(t)}",
+        )
+
+    def _mismatch_words(self, t: Table) -> tuple[str, str, str]:
+        source = "tokenizer.pad_token_id" if self.options.tokenizer is not None else "pad_idx="
+        return (
+            "pad_mismatch",
+            f"your data pads with {t.pad_idx} ({source}) but {self.model_class} has "
+            f"config.pad_token_id={t.own_pad_idx}: row {t.pad_idx} is looked up at every pad "
+            "position and trains like a real token, and the model (generate(), loss "
+            f"masking, decoder inputs) treats {t.own_pad_idx} as the pad",
+            f"pad your data with {t.own_pad_idx} (tokenizer.pad_token_id = {t.own_pad_idx}, "
+            f"pad_idx={t.own_pad_idx}), or set model.config.pad_token_id = {t.pad_idx}",
+        )
+
+    def _grad_words(self, t: Table) -> tuple[str, str, str]:
+        """Words for the gradient through the lookups (the tied head's: _tied_words)."""
+        also, zero_grad = self._also(t), self._zero_grad(t)
         if not t.own_pad:
             source = (
                 f"config.pad_token_id={t.pad_idx}"

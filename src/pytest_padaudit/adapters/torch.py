@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
-from ..handle import OptimizerInfo, Table, Trace, output_leaves
+from ..handle import OptimizerInfo, Table, Trace, output_leaves, pad_for
 from ..options import AuditOptions
 from .torch_optim import PadRowStepper, pad_row_grad
 
@@ -25,7 +26,20 @@ _ROOT = "(model)"
 
 def adapt(model: object, options: AuditOptions) -> TorchHandle | None:
     """Return a handle for an ``nn.Module``, else None."""
+    model = uncompiled(model)
     return TorchHandle(model, options) if isinstance(model, nn.Module) else None
+
+
+def uncompiled(model: object) -> object:
+    """Return the module under ``torch.compile(module)``; any other object as it is.
+
+    The audit runs the original module eagerly: its hooks and the wider invariance
+    batch would otherwise make dynamo recompile or fail inside the audit's own code.
+    """
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +61,8 @@ def floating_tensors(output: Any) -> Iterator[torch.Tensor]:
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.is_sparse:
+        tensor = tensor.to_dense()
     return tensor.detach().to("cpu", torch.float32, copy=True).numpy()
 
 
@@ -56,10 +72,15 @@ class TorchHandle:
     framework = "torch"
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
+        _check_usable(model)
         self.model = model
         self.options = options
         self.model_class = type(model).__qualname__
         self._layers: dict[str, nn.Embedding | nn.EmbeddingBag] = {}
+        #: id(weight) -> the path of the table listed for it (one per weight).
+        self._path_of: dict[int, str] = {}
+        #: the pad-row gradient through tied heads, from the last train_pass.
+        self._heads: dict[str, np.ndarray] = {}
         self._audited: list[Table] = []
         #: (tensor, copy) pairs put back when the audit ends; whole tables join when needed.
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -80,10 +101,12 @@ class TorchHandle:
             if not isinstance(layer, _TABLES) or id(layer.weight) in seen:
                 continue
             seen.add(id(layer.weight))
+            self._path_of[id(layer.weight)] = path
             rows, dim = layer.weight.shape
             own = layer.padding_idx
-            pad = own if own is not None else pad_idx
-            if pad is not None and pad < 0:
+            user = pad_for(pad_idx, path)
+            pad = user if user is not None else own
+            if pad is not None and -rows <= pad < 0:  # else kept as written, for the error
                 pad += rows
             kind = type(layer).__name__
             if isinstance(layer, nn.EmbeddingBag):
@@ -107,13 +130,14 @@ class TorchHandle:
                     layer.weight.requires_grad,
                     tied,
                     notes,
+                    own_pad_idx=own,
                 )
             )
         return self._remember(found)
 
     def _remember(self, found: list[Table]) -> list[Table]:
-        """Keep the audited tables for preserve(); return ``found``."""
-        self._audited = [t for t in found if t.pad_idx is not None]
+        """Keep the tables that may be audited for preserve(); return ``found``."""
+        self._audited = [t for t in found if t.pad_idx is not None and 0 <= t.pad_idx < t.rows]
         return found
 
     def default_vocab_size(self) -> int | None:
@@ -128,6 +152,15 @@ class TorchHandle:
     # -- state -----------------------------------------------------------------------
     @contextmanager
     def preserve(self, seed: int) -> Iterator[None]:
+        """Snapshot what the audit can change; put it back bitwise on exit.
+
+        Runs outside ``torch.inference_mode()`` (an audit called under it needs autograd).
+        """
+        with torch.inference_mode(False), self._preserve(seed):
+            yield
+
+    @contextmanager
+    def _preserve(self, seed: int) -> Iterator[None]:
         """Snapshot what the audit can change; put it back bitwise on exit.
 
         An audited table is saved whole only when something may move more than its pad row
@@ -153,7 +186,10 @@ class TorchHandle:
         self._sparse = [(layer, layer.sparse) for layer in layers.values()]
         devices = [d for d in {p.device for p in params} if d.type == "cuda"]
         np_state, py_state = np.random.get_state(), random.getstate()
+        compiled = [(m, m._compiled_call_impl) for m in model.modules() if _compiled(m)]
         try:
+            for m, _ in compiled:  # Module.compile(): run the audit eagerly
+                m._compiled_call_impl = None
             with torch.random.fork_rng(devices=devices), torch.enable_grad():
                 torch.default_generator.manual_seed(seed)
                 for device in devices:
@@ -165,6 +201,8 @@ class TorchHandle:
                     layer.sparse = layer.sparse or _can_be_sparse(layer)
                 yield
         finally:
+            for m, impl in compiled:
+                m._compiled_call_impl = impl
             with torch.no_grad():
                 for weight, pad, row in rows:
                     weight[pad] = row
@@ -248,12 +286,77 @@ class TorchHandle:
         self._loss(output, tb, plan).backward()
         return tb, output
 
+    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
+        """Record the ids each table's weight is looked up with (F.embedding/embedding_bag,
+        through the layer or called directly) in one quiet forward pass."""
+        recorder = _Lookups(self._path_of)
+        tb = self._tensors(batch)
+        moved = [  # what a forward pass can change: buffers, max_norm tables
+            *self.model.buffers(),
+            *(layer.weight for layer in self._layers.values() if layer.max_norm is not None),
+        ]
+        saved = [(t, t.detach().clone()) for t in dict.fromkeys(moved)]
+        try:
+            with self._quiet(), torch.no_grad(), recorder:
+                self._forward(tb)
+        finally:
+            with torch.no_grad():
+                for t, value in saved:
+                    t.copy_(value)
+        return recorder.unique()
+
     def train_pass(
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
     ) -> dict[str, np.ndarray | None]:
+        """Return the pad-row gradients through the lookups; keep tied heads' parts apart.
+
+        During the pass each tied head holds a separate leaf sharing the weight's storage,
+        so autograd gives the head's part to the leaf and the lookups' part to the table;
+        the table then gets their sum, the gradient training would step with.
+        """
         self.model.train()
-        self._backward(batch, plan)
-        return {t.path: self._pad_grad(t) for t in tables}
+        self._heads = {}
+        with self._untied(tables) as leaves:
+            self._backward(batch, plan)
+        grads = {t.path: self._pad_grad(t) for t in tables}
+        for t in tables:
+            parts = [leaf.grad for leaf in leaves.get(t.path, ()) if leaf.grad is not None]
+            if t.path not in leaves:
+                continue
+            weight = self._layers[t.path].weight
+            head = sum(parts[1:], parts[0]) if parts else torch.zeros_like(weight)
+            self._heads[t.path] = _to_numpy(head[t.pad_idx])
+            if parts:  # the full gradient, as training would step with
+                own = weight.grad
+                weight.grad = head if own is None else own.to_dense() + head
+        return grads
+
+    def head_grads(self) -> dict[str, np.ndarray]:
+        return dict(self._heads)
+
+    @contextmanager
+    def _untied(self, tables: Sequence[Table]) -> Iterator[dict[str, list[nn.Parameter]]]:
+        """Give each tied head a leaf of its own sharing the weight; put the weight back."""
+        modules = {path or _ROOT: module for path, module in self.model.named_modules()}
+        swaps: list[tuple[nn.Module, str, nn.Parameter]] = []
+        leaves: dict[str, list[nn.Parameter]] = defaultdict(list)
+        try:
+            for t in tables:
+                weight = self._layers[t.path].weight
+                if not weight.requires_grad:
+                    continue
+                for path in t.tied_with:
+                    module = modules[path]
+                    for name, param in list(module._parameters.items()):
+                        if param is weight:
+                            leaf = _leaf_like(weight)
+                            module._parameters[name] = leaf
+                            swaps.append((module, name, param))
+                            leaves[t.path].append(leaf)
+            yield leaves
+        finally:
+            for module, name, param in reversed(swaps):
+                module._parameters[name] = param
 
     def _pad_grad(self, table: Table) -> np.ndarray | None:
         grad = pad_row_grad(self._layers[table.path].weight, table.pad_idx)
@@ -334,6 +437,64 @@ class TorchHandle:
         return _EXPLAIN[cause](self, table, info)
 
 
+def _check_usable(model: nn.Module) -> None:
+    """Refuse a model whose weights hold no values (meta) or cannot take gradients."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise PadAuditError(
+            f"{type(model).__qualname__} is on the meta device: its weights have shapes but "
+            "no values, so nothing can be measured. Materialise it first, e.g. "
+            "model.to_empty(device='cpu') then load or initialise the weights "
+            "(model.load_state_dict(...), or from_pretrained without device_map='meta')"
+        )
+    if any(t.is_inference() for t in tensors):
+        raise PadAuditError(
+            f"{type(model).__qualname__} was built or loaded under torch.inference_mode(): "
+            "its weights are inference tensors, which autograd cannot use. Build or load "
+            "the model outside torch.inference_mode() (an audit itself may run inside it)"
+        )
+
+
+def _compiled(module: nn.Module) -> bool:
+    """Say whether ``module.compile()`` was called on it (in place)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def _leaf_like(weight: nn.Parameter) -> nn.Parameter:
+    """Return a separate autograd leaf sharing ``weight``'s storage and its grad hooks."""
+    leaf = nn.Parameter(weight.detach(), requires_grad=True)
+    for hook in (getattr(weight, "_backward_hooks", None) or {}).values():
+        leaf.register_hook(hook)
+    for hook in (getattr(weight, "_post_accumulate_grad_hooks", None) or {}).values():
+        leaf.register_post_accumulate_grad_hook(hook)
+    return leaf
+
+
+class _Lookups(torch.overrides.TorchFunctionMode):
+    """Record the indices each known weight is looked up with (F.embedding, embedding_bag)."""
+
+    def __init__(self, path_of: Mapping[int, str]) -> None:
+        super().__init__()
+        self.path_of = path_of
+        self.seen: dict[str, list[np.ndarray]] = {path: [] for path in path_of.values()}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+        kwargs = kwargs or {}
+        if func in (F.embedding, F.embedding_bag):
+            ids = args[0] if args else kwargs.get("input")
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            path = self.path_of.get(id(weight))
+            if path is not None and isinstance(ids, torch.Tensor):
+                self.seen[path].append(np.unique(ids.detach().cpu().numpy()))
+        return func(*args, **kwargs)
+
+    def unique(self) -> dict[str, np.ndarray]:
+        return {
+            path: np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+            for path, found in self.seen.items()
+        }
+
+
 def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Keep the real positions of a (batch, seq, ...), (seq, batch, ...) or (batch, ch, seq)
     tensor; return any other tensor whole."""
@@ -383,18 +544,35 @@ def _rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _grad_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
+def _tied_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
+    others = ", ".join(t.tied_with)
+    return (
+        "tied",
+        f"the weight is shared with {others} (tied weights): the gradient of its output "
+        "reaches every row, the pad row included, whatever padding_idx says",
+        f"untie the weights, zero the pad row's gradient with "
+        f"weight.register_hook(lambda g: g.index_fill(0, torch.tensor([{t.pad_idx}]), 0)), "
+        "or accept it knowingly with allow=('tied',)",
+    )
+
+
+def _mismatch_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
+    source = "tokenizer.pad_token_id" if handle.options.tokenizer is not None else "pad_idx="
     cls = t.kind.split("(")[0]
-    if t.tied_with:
-        others = ", ".join(t.tied_with)
-        return (
-            "tied",
-            f"the weight is shared with {others} (tied weights): its gradient reaches "
-            "every row, the pad row included, whatever padding_idx says",
-            f"untie the weights, zero the pad row's gradient with "
-            f"weight.register_hook(lambda g: g.index_fill(0, torch.tensor([{t.pad_idx}]), 0)), "
-            "or accept it knowingly with allow=('tied',)",
-        )
+    return (
+        "pad_mismatch",
+        f"your data pads with {t.pad_idx} ({source}) but {t.path} has padding_idx="
+        f"{t.own_pad_idx}: row {t.pad_idx} is looked up at every pad position and trains "
+        f"like a real token, while padding_idx keeps row {t.own_pad_idx} aside",
+        f"pad your data with {t.own_pad_idx} (pad_idx={t.own_pad_idx}), or construct the "
+        f"layer with padding_idx={t.pad_idx}: nn.{cls}({t.rows}, {t.dim}, "
+        f"padding_idx={t.pad_idx})",
+    )
+
+
+def _grad_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
+    """Words for a pad-row gradient through the table's lookups (never the tied head's)."""
+    cls = t.kind.split("(")[0]
     if not t.own_pad:
         return (
             "no_padding_idx",
@@ -483,6 +661,8 @@ def _invariance_words(handle: TorchHandle, t: Table | None, info: Any) -> tuple[
 
 _EXPLAIN: dict[str, Callable[[TorchHandle, Any, Any], tuple[str, str, str]]] = {
     "grad": _grad_words,
+    "tied": _tied_words,
+    "pad_mismatch": _mismatch_words,
     "nonfinite": lambda h, t, i: (
         "nonfinite",
         "the model produced nan/inf on the padded batch (a division by a zero pad count, "
