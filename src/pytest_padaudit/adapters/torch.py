@@ -512,7 +512,9 @@ def _can_be_sparse(layer: nn.Module) -> bool:
     """Say whether a table can give sparse gradients (O(tokens), not O(vocab))."""
     weight = layer.weight
     return (
-        weight.layout == torch.strided
+        not getattr(weight, "_backward_hooks", None)  # the user's hooks expect dense grads
+        and not getattr(weight, "_post_accumulate_grad_hooks", None)
+        and weight.layout == torch.strided
         and weight.device.type in ("cpu", "cuda")
         and not (isinstance(layer, nn.EmbeddingBag) and layer.mode == "max")
     )
