@@ -11,10 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch import nn  # noqa: E402
-from torch_models import VOCAB, MeanPool, Tagger, TwoTables  # noqa: E402
+from torch import nn
 
-from pytest_padaudit import PadAuditError, audit  # noqa: E402
+from pytest_padaudit import PadAuditError, audit
+
+from torch_models import VOCAB, MeanPool, Tagger, TwoTables
 
 V = 250  # a vocabulary well above seq_len and T5's 32 buckets: ids look nothing like positions
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -131,9 +132,7 @@ def test_bert_mlm_lookup_part_is_zero_and_tied_allows_the_head_part() -> None:
 
 def test_users_grad_hook_on_a_tied_weight_covers_the_head_part() -> None:
     model = gpt2_lm()
-    model.transformer.wte.weight.register_hook(
-        lambda g: g.index_fill(0, torch.tensor([0]), 0)
-    )
+    model.transformer.wte.weight.register_hook(lambda g: g.index_fill(0, torch.tensor([0]), 0))
     report = audit(model, pad_idx=0, checks=("grad", "update"))
     assert report.passed, report.failure_message()
     assert (report.tables[0].grad, report.tables[0].head_grad) == (0.0, 0.0)
@@ -277,7 +276,7 @@ def test_pad_idx_mapping_names_the_tables() -> None:
 
 
 def test_pad_idx_that_disagrees_with_padding_idx_pads_the_batch_and_is_a_finding() -> None:
-    ids, mask = padded(vocab=VOCAB, pad=3)
+    ids, _ = padded(vocab=VOCAB, pad=3)
     model = Tagger(padding_idx=0)
     model(ids).sum().backward()
     g = model.embed.weight.grad
@@ -337,7 +336,7 @@ def test_tokenizer_gives_pad_id_and_side_and_is_checked_against_config(tmp_path)
     found = [f for f in report.findings if f.check == "pad_idx"]
     assert [f.cause for f in found] == ["pad_mismatch"]
     assert "tokenizer.pad_token_id" in found[0].why and "0" in found[0].why
-    with pytest.raises(PadAuditError, match="disagrees with tokenizer.pad_token_id=3"):
+    with pytest.raises(PadAuditError, match=r"disagrees with tokenizer\.pad_token_id=3"):
         audit(model, tokenizer=other, pad_idx=0)
 
 
