@@ -350,18 +350,37 @@ def leaks_invariance(model: nn.Module) -> bool:
         return not torch.allclose(model(ids), model(wider), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["torch.compile", "Module.compile"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_compiled_model_gets_the_eager_verdict(masked: bool) -> None:
+def test_compiled_model_gets_the_eager_verdict(masked: bool, how: str) -> None:
     torch.manual_seed(0)
     model = MeanPool(masked=masked)
     truth = leaks_invariance(model)
     assert truth is not masked
-    compiled = torch.compile(model, backend="inductor", fullgraph=True)
+    if how == "torch.compile":
+        compiled = torch.compile(model, backend="inductor", fullgraph=True)
+    else:
+        compiled = model
+        compiled.compile(backend="inductor", fullgraph=True)
     report = audit(compiled)
     assert report.passed is not truth, report.failure_message()
     if truth:
         assert [f.cause for f in report.findings] == ["invariance"]
     assert report.invariance.skipped is None
+    if how == "Module.compile":
+        assert model._compiled_call_impl is not None  # still compiled after the audit
+
+
+def test_tie_is_restored_when_the_pass_fails() -> None:
+    model = gpt2_lm()
+
+    def broken(output: object, batch: object) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        audit(model, pad_idx=0, loss=broken, checks=("grad",))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_meta_device_model_is_one_clear_error() -> None:

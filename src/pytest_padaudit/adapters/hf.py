@@ -21,7 +21,8 @@ from torch import nn
 from ..errors import PadAuditError
 from ..handle import Table
 from ..options import AuditOptions
-from .torch import _TABLES, TorchBatch, TorchHandle, uncompiled
+from .torch import _TABLES, TorchBatch, TorchHandle
+from .torch_tables import uncompiled
 
 
 def is_hf_model(model: object) -> bool:

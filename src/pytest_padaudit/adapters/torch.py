@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..batch import LossPlan, PadBatch
@@ -19,27 +18,16 @@ from ..errors import PadAuditError
 from ..handle import OptimizerInfo, Table, Trace, output_leaves, pad_for
 from ..options import AuditOptions
 from .torch_optim import PadRowStepper, pad_row_grad
+from .torch_tables import ROOT, Lookups, check_usable, compiled, uncompiled, untied
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
-_ROOT = "(model)"
+_ROOT = ROOT
 
 
 def adapt(model: object, options: AuditOptions) -> TorchHandle | None:
     """Return a handle for an ``nn.Module``, else None."""
     model = uncompiled(model)
     return TorchHandle(model, options) if isinstance(model, nn.Module) else None
-
-
-def uncompiled(model: object) -> object:
-    """Return the module under ``torch.compile(module)``; any other object as it is.
-
-    The audit runs the original module eagerly: its hooks and the wider invariance
-    batch would otherwise make dynamo recompile or fail inside the audit's own code.
-    """
-    inner = getattr(model, "_orig_mod", None)
-    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
-        return inner
-    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +60,7 @@ class TorchHandle:
     framework = "torch"
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
-        _check_usable(model)
+        check_usable(model)
         self.model = model
         self.options = options
         self.model_class = type(model).__qualname__
@@ -186,9 +174,9 @@ class TorchHandle:
         self._sparse = [(layer, layer.sparse) for layer in layers.values()]
         devices = [d for d in {p.device for p in params} if d.type == "cuda"]
         np_state, py_state = np.random.get_state(), random.getstate()
-        compiled = [(m, m._compiled_call_impl) for m in model.modules() if _compiled(m)]
+        calls = [(m, m._compiled_call_impl) for m in model.modules() if compiled(m)]
         try:
-            for m, _ in compiled:  # Module.compile(): run the audit eagerly
+            for m, _ in calls:  # Module.compile(): run the audit eagerly
                 m._compiled_call_impl = None
             with torch.random.fork_rng(devices=devices), torch.enable_grad():
                 torch.default_generator.manual_seed(seed)
@@ -201,7 +189,7 @@ class TorchHandle:
                     layer.sparse = layer.sparse or _can_be_sparse(layer)
                 yield
         finally:
-            for m, impl in compiled:
+            for m, impl in calls:
                 m._compiled_call_impl = impl
             with torch.no_grad():
                 for weight, pad, row in rows:
@@ -289,7 +277,7 @@ class TorchHandle:
     def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
         """Record the ids each table's weight is looked up with (F.embedding/embedding_bag,
         through the layer or called directly) in one quiet forward pass."""
-        recorder = _Lookups(self._path_of)
+        recorder = Lookups(self._path_of)
         tb = self._tensors(batch)
         moved = [  # what a forward pass can change: buffers, max_norm tables
             *self.model.buffers(),
@@ -316,7 +304,7 @@ class TorchHandle:
         """
         self.model.train()
         self._heads = {}
-        with self._untied(tables) as leaves:
+        with untied(self.model, self._layers, tables) as leaves:
             self._backward(batch, plan)
         grads = {t.path: self._pad_grad(t) for t in tables}
         for t in tables:
@@ -333,30 +321,6 @@ class TorchHandle:
 
     def head_grads(self) -> dict[str, np.ndarray]:
         return dict(self._heads)
-
-    @contextmanager
-    def _untied(self, tables: Sequence[Table]) -> Iterator[dict[str, list[nn.Parameter]]]:
-        """Give each tied head a leaf of its own sharing the weight; put the weight back."""
-        modules = {path or _ROOT: module for path, module in self.model.named_modules()}
-        swaps: list[tuple[nn.Module, str, nn.Parameter]] = []
-        leaves: dict[str, list[nn.Parameter]] = defaultdict(list)
-        try:
-            for t in tables:
-                weight = self._layers[t.path].weight
-                if not weight.requires_grad:
-                    continue
-                for path in t.tied_with:
-                    module = modules[path]
-                    for name, param in list(module._parameters.items()):
-                        if param is weight:
-                            leaf = _leaf_like(weight)
-                            module._parameters[name] = leaf
-                            swaps.append((module, name, param))
-                            leaves[t.path].append(leaf)
-            yield leaves
-        finally:
-            for module, name, param in reversed(swaps):
-                module._parameters[name] = param
 
     def _pad_grad(self, table: Table) -> np.ndarray | None:
         grad = pad_row_grad(self._layers[table.path].weight, table.pad_idx)
@@ -435,64 +399,6 @@ class TorchHandle:
         self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
     ) -> tuple[str, str, str]:
         return _EXPLAIN[cause](self, table, info)
-
-
-def _check_usable(model: nn.Module) -> None:
-    """Refuse a model whose weights hold no values (meta) or cannot take gradients."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.is_meta for t in tensors):
-        raise PadAuditError(
-            f"{type(model).__qualname__} is on the meta device: its weights have shapes but "
-            "no values, so nothing can be measured. Materialise it first, e.g. "
-            "model.to_empty(device='cpu') then load or initialise the weights "
-            "(model.load_state_dict(...), or from_pretrained without device_map='meta')"
-        )
-    if any(t.is_inference() for t in tensors):
-        raise PadAuditError(
-            f"{type(model).__qualname__} was built or loaded under torch.inference_mode(): "
-            "its weights are inference tensors, which autograd cannot use. Build or load "
-            "the model outside torch.inference_mode() (an audit itself may run inside it)"
-        )
-
-
-def _compiled(module: nn.Module) -> bool:
-    """Say whether ``module.compile()`` was called on it (in place)."""
-    return getattr(module, "_compiled_call_impl", None) is not None
-
-
-def _leaf_like(weight: nn.Parameter) -> nn.Parameter:
-    """Return a separate autograd leaf sharing ``weight``'s storage and its grad hooks."""
-    leaf = nn.Parameter(weight.detach(), requires_grad=True)
-    for hook in (getattr(weight, "_backward_hooks", None) or {}).values():
-        leaf.register_hook(hook)
-    for hook in (getattr(weight, "_post_accumulate_grad_hooks", None) or {}).values():
-        leaf.register_post_accumulate_grad_hook(hook)
-    return leaf
-
-
-class _Lookups(torch.overrides.TorchFunctionMode):
-    """Record the indices each known weight is looked up with (F.embedding, embedding_bag)."""
-
-    def __init__(self, path_of: Mapping[int, str]) -> None:
-        super().__init__()
-        self.path_of = path_of
-        self.seen: dict[str, list[np.ndarray]] = {path: [] for path in path_of.values()}
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
-        kwargs = kwargs or {}
-        if func in (F.embedding, F.embedding_bag):
-            ids = args[0] if args else kwargs.get("input")
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            path = self.path_of.get(id(weight))
-            if path is not None and isinstance(ids, torch.Tensor):
-                self.seen[path].append(np.unique(ids.detach().cpu().numpy()))
-        return func(*args, **kwargs)
-
-    def unique(self) -> dict[str, np.ndarray]:
-        return {
-            path: np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
-            for path, found in self.seen.items()
-        }
 
 
 def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
