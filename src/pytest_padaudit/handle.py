@@ -76,6 +76,13 @@ def pad_for(pad_idx: int | Mapping[str, int] | None, path: str) -> int | None:
     return pad_idx
 
 
+def pad_source(options: AuditOptions, pad: int | None) -> str:
+    """Say where the data's pad id came from, for messages: ``pad_idx=3`` or the tokenizer."""
+    if getattr(options, "tokenizer", None) is not None:
+        return f"tokenizer.pad_token_id={pad}"
+    return f"pad_idx={pad}"
+
+
 def output_leaves(output: Any, is_leaf: Callable[[Any], bool], depth: int = 0) -> Iterator[Any]:
     """Yield the leaves of a (nested) model output: mappings, tuples, lists, dataclasses."""
     if depth > 8:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .batch import PadBatch
 from .errors import PadAuditError
-from .handle import ModelHandle, Table
+from .handle import ModelHandle, Table, pad_source
 from .options import AuditOptions
 from .result import AuditReport, Finding, TableResult
 
@@ -160,7 +160,7 @@ def mismatch_words(handle: ModelHandle, t: Table, opts: AuditOptions) -> tuple[s
         return handle.explain("pad_mismatch", t, opts, None)
     except (KeyError, ValueError, NotImplementedError):
         pass
-    source = "tokenizer.pad_token_id" if opts.tokenizer is not None else "pad_idx="
+    source = pad_source(opts, t.pad_idx)
     return (
         "pad_mismatch",
         f"your data pads with {t.pad_idx} ({source}) but the model's own pad id for "
@@ -173,7 +173,7 @@ def mismatch_words(handle: ModelHandle, t: Table, opts: AuditOptions) -> tuple[s
 
 def _mismatch_finding(handle: ModelHandle, t: Table, opts: AuditOptions) -> Finding:
     cause, why, fix = mismatch_words(handle, t, opts)
-    source = "tokenizer.pad_token_id" if opts.tokenizer is not None else "pad_idx="
+    source = pad_source(opts, t.pad_idx)
     return Finding(
         "pad_idx",
         t.path,

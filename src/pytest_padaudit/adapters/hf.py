@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import PadAuditError
-from ..handle import Table
+from ..handle import Table, pad_source
 from ..options import AuditOptions
 from .torch import _TABLES, TorchBatch, TorchHandle
 from .torch_tables import uncompiled
@@ -192,7 +192,7 @@ class HFHandle(TorchHandle):
         )
 
     def _mismatch_words(self, t: Table) -> tuple[str, str, str]:
-        source = "tokenizer.pad_token_id" if self.options.tokenizer is not None else "pad_idx="
+        source = pad_source(self.options, t.pad_idx)
         return (
             "pad_mismatch",
             f"your data pads with {t.pad_idx} ({source}) but {self.model_class} has "

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
-from ..handle import OptimizerInfo, Table, Trace, output_leaves, pad_for
+from ..handle import OptimizerInfo, Table, Trace, output_leaves, pad_for, pad_source
 from ..options import AuditOptions
 from .torch_optim import PadRowStepper, pad_row_grad
 from .torch_tables import ROOT, Lookups, check_usable, compiled, uncompiled, untied
@@ -465,7 +465,7 @@ def _tied_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str
 
 
 def _mismatch_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
-    source = "tokenizer.pad_token_id" if handle.options.tokenizer is not None else "pad_idx="
+    source = pad_source(handle.options, t.pad_idx)
     cls = t.kind.split("(")[0]
     return (
         "pad_mismatch",
