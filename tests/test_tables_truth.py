@@ -275,6 +275,38 @@ def test_pad_idx_mapping_names_the_tables() -> None:
         audit(model, pad_idx={"nope": 0})
 
 
+class PositionsFirst(nn.Module):
+    """A position table with padding_idx (listed first) and a word table without one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions = nn.Embedding(64, 8, padding_idx=0)
+        self.words = nn.Embedding(V, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        real = ids != 0
+        positions = torch.where(real, real.long().cumsum(1), 0)  # 1, 2, ... ; 0 at pads
+        return self.head(self.positions(positions) + self.words(ids))
+
+
+def test_batch_comes_from_the_token_table_when_the_first_guess_is_not_one() -> None:
+    model = PositionsFirst()
+    ids, _ = padded()
+    out = model(ids)
+    (out * weights_like(out)).sum().backward()
+    assert model.words.weight.grad[0].abs().max() > 0  # pads train the word row 0
+    model.zero_grad(set_to_none=True)
+
+    with pytest.raises(PadAuditError, match=r"token tables of PositionsFirst \(words\)"):
+        audit(model)  # words is the token table, and nothing says its pad id
+    report = audit(model, pad_idx={"words": 0}, checks=("grad",))
+    rows = {t.layer: t for t in report.tables}
+    assert rows["positions"].skipped.startswith("not a token table")
+    assert [(f.layer, f.cause) for f in report.findings] == [("words", "no_padding_idx")]
+    assert max(max(r) for r in report.batch["ids"]) >= 64  # ids over the word vocabulary
+
+
 def test_pad_idx_that_disagrees_with_padding_idx_pads_the_batch_and_is_a_finding() -> None:
     ids, _ = padded(vocab=VOCAB, pad=3)
     model = Tagger(padding_idx=0)

@@ -6,6 +6,7 @@ through NumPy arrays and turns the measurements into findings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,15 +69,7 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
     tables = handle.tables(opts.pad_idx)
     found = candidates(handle, tables, opts)
     primary = likely_token_table(handle, found)
-    check_range(primary, opts)
-    vocab = opts.vocab_size or handle.default_vocab_size() or primary.rows
-    if vocab > primary.rows:
-        raise PadAuditError(
-            f"vocab_size={vocab} exceeds the {primary.rows} rows of {primary.path}: "
-            f"pass vocab_size= at most {primary.rows}"
-        )
-    pads = tuple(t.pad_idx for t in found if in_range(t))
-    batch = _make_batch(opts, vocab, primary.pad_idx, pads)
+    batch = _batch_for(handle, opts, primary, found)
     report = AuditReport(
         framework=handle.framework,
         model=handle.model_class,
@@ -91,6 +84,9 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
     )
     with handle.preserve(opts.seed):
         audited = token_tables(handle, batch, tables, opts, report)
+        if primary.path not in {t.path for t in audited}:  # the guess was no token table
+            batch = _batch_for(handle, opts, audited[0], audited)
+            report.batch, report.batch_text = batch.to_dict(), batch.describe()
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)
         if "invariance" in opts.checks:
@@ -99,6 +95,21 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
         finding.allowed = finding.cause in opts.allow
     plugin_manager().hook.padaudit_audit_finished(report=report)
     return report
+
+
+def _batch_for(
+    handle: ModelHandle, opts: AuditOptions, primary: Table, found: Sequence[Table]
+) -> PadBatch:
+    """Build the batch from ``primary``'s pad id and rows; keep every pad id out of it."""
+    check_range(primary, opts)
+    vocab = opts.vocab_size or handle.default_vocab_size() or primary.rows
+    if vocab > primary.rows:
+        raise PadAuditError(
+            f"vocab_size={vocab} exceeds the {primary.rows} rows of {primary.path}: "
+            f"pass vocab_size= at most {primary.rows}"
+        )
+    pads = tuple(t.pad_idx for t in found if in_range(t))
+    return _make_batch(opts, vocab, primary.pad_idx, pads)
 
 
 def _make_batch(opts: AuditOptions, vocab: int, pad: int, pads: tuple[int, ...]) -> PadBatch:

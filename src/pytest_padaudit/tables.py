@@ -58,7 +58,7 @@ def likely_token_table(handle: ModelHandle, found: Sequence[Table]) -> Table:
         if t.path == path:
             return t
     own = [t for t in found if _has_own_pad(t)]
-    return own[0] if own else max(found, key=lambda t: t.rows)
+    return max(own or found, key=lambda t: t.rows)
 
 
 def in_range(t: Table) -> bool:
