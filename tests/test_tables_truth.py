@@ -427,7 +427,7 @@ def test_audit_under_inference_mode_works() -> None:
     outside = audit(model, pad_idx=0)
     with torch.inference_mode():
         inside = audit(model, pad_idx=0)
-    assert not torch.is_inference_mode_enabled()
+        assert torch.is_inference_mode_enabled()  # the caller's mode is back
     assert [(f.check, f.cause, f.value) for f in inside.findings] == [
         (f.check, f.cause, f.value) for f in outside.findings
     ]
