@@ -6,6 +6,7 @@ through NumPy arrays and turns the measurements into findings.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,14 +58,11 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
     """
     tables = handle.tables(opts.pad_idx)
     audited = _audited_tables(handle, tables)
-    primary = audited[0]
-    vocab = opts.vocab_size or handle.default_vocab_size() or primary.rows
-    if vocab > primary.rows:
-        raise PadAuditError(
-            f"vocab_size={vocab} exceeds the {primary.rows} rows of {primary.path}: "
-            f"pass vocab_size= at most {primary.rows}"
-        )
-    batch = _make_batch(opts, vocab, primary.pad_idx, tuple(t.pad_idx for t in audited))
+    batch = _batch_for(handle, opts, audited)
+    notes: list[str] = []
+    if callable(getattr(handle, "lookups", None)):  # provisional: B1 owns this rule
+        tables, audited, notes = _token_tables(handle, batch, tables, audited)
+        batch = _batch_for(handle, opts, audited)
     report = AuditReport(
         framework=handle.framework,
         model=handle.model_class,
@@ -73,10 +71,21 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
         reproduce=opts.reproduce(),
         batch=batch.to_dict(),
         batch_text=batch.describe(),
-        tables=[_table_result(t) for t in tables],
+        tables=[_table_result(t, audited) for t in tables],
         invariance=None,
+        notes=notes,
         test=test,
     )
+    for t in audited:
+        if t.own_pad_idx is not None and t.own_pad_idx != t.pad_idx:
+            cause, why, fix = handle.explain("pad_mismatch", t, opts, None)
+            message = (
+                f"pad_idx={t.pad_idx} differs from the table's own pad id {t.own_pad_idx}: "
+                f"the batch pads with {t.pad_idx}, so row {t.pad_idx} is looked up at pad positions"
+            )
+            report.findings.append(
+                Finding("pad_id", t.path, t.pad_idx, float(t.pad_idx), cause, message, why, fix)
+            )
     with handle.preserve(opts.seed):
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)
@@ -111,6 +120,41 @@ def _audited_tables(handle: ModelHandle, tables: Sequence[Table]) -> list[Table]
     return audited
 
 
+def _batch_for(handle: ModelHandle, opts: AuditOptions, audited: list[Table]) -> PadBatch:
+    primary = audited[0]
+    vocab = opts.vocab_size or handle.default_vocab_size() or primary.rows
+    if vocab > primary.rows:
+        raise PadAuditError(
+            f"vocab_size={vocab} exceeds the {primary.rows} rows of {primary.path}: "
+            f"pass vocab_size= at most {primary.rows}"
+        )
+    return _make_batch(opts, vocab, primary.pad_idx, tuple(t.pad_idx for t in audited))
+
+
+def _token_tables(
+    handle: Any, batch: PadBatch, tables: list[Table], audited: list[Table]
+) -> tuple[list[Table], list[Table], list[str]]:
+    """Mark each table token or not by the ids it received (>= half the real ids)."""
+    seen = handle.lookups(batch)
+    real = batch.real_ids()
+    marked = []
+    for t in tables:
+        ids = seen.get(t.path, np.empty(0, np.int64))
+        token = bool(real.size) and 2 * int(np.isin(real, ids).sum()) >= real.size
+        marked.append(dataclasses.replace(t, token=token))
+    kept = [t for t in marked if t.token and t.pad_idx is not None]
+    notes = []
+    if not kept:
+        kept = [t for t in marked if t.own_pad_idx is not None and t.pad_idx is not None]
+        notes.append(
+            "no table is looked up with the batch's token ids: audited the tables "
+            "with a pad id of their own"
+        )
+        if not kept:
+            kept = [t for t in marked if t.pad_idx is not None]
+    return marked, kept, notes
+
+
 def _make_batch(opts: AuditOptions, vocab: int, pad: int, pads: tuple[int, ...]) -> PadBatch:
     batch = plugin_manager().hook.padaudit_make_batch(
         options=opts, vocab_size=vocab, pad_idx=pad, pad_ids=pads
@@ -128,8 +172,10 @@ def _make_batch(opts: AuditOptions, vocab: int, pad: int, pads: tuple[int, ...])
     )
 
 
-def _table_result(t: Table) -> TableResult:
+def _table_result(t: Table, audited: Sequence[Table]) -> TableResult:
     skipped = None if t.pad_idx is not None else "no pad id (pass pad_idx= if it holds tokens)"
+    if t.token is False and t.path not in {a.path for a in audited}:
+        skipped = "not a token table (looked up with positions/segments, not the batch's ids)"
     return TableResult(t.path, t.kind, t.pad_idx, t.rows, skipped, tied_with=list(t.tied_with))
 
 
@@ -155,10 +201,17 @@ def _train_checks(
     start = handle.read_pad_rows(tables)
     rows = start
     first_grad: dict[str, float] = {}
+    first_head: dict[str, float] = {}
+    head_peak: dict[str, float] = {}
     grad_peak = {t.path: 0.0 for t in tables}
     forward_peak = {t.path: 0.0 for t in tables}
     for _ in range(opts.steps if optimizer else 1):
         grads = handle.train_pass(batch, plan, tables)
+        heads = handle.head_grads() if callable(getattr(handle, "head_grads", None)) else {}
+        for path, row in heads.items():
+            h = _maxabs(row)
+            first_head.setdefault(path, h)
+            head_peak[path] = max(head_peak.get(path, 0.0), h) if h == h else h
         after_forward = handle.read_pad_rows(tables)
         for t in tables:
             g = _maxabs(grads.get(t.path))
@@ -174,6 +227,8 @@ def _train_checks(
         result = results[t.path]
         if "grad" in opts.checks:
             _judge_grad(handle, t, first_grad[t.path], opts, report, result)
+            if t.path in first_head and t.trainable:
+                _judge_head(handle, t, first_head[t.path], opts, report, result)
         if optimizer:
             change = _maxabs(rows[t.path] - start[t.path])
             _judge_update(
@@ -182,6 +237,7 @@ def _train_checks(
                 change,
                 forward_peak[t.path],
                 grad_peak[t.path],
+                head_peak.get(t.path, 0.0),
                 optimizer,
                 opts,
                 report,
@@ -212,12 +268,29 @@ def _judge_grad(
     report.findings.append(Finding("grad", t.path, t.pad_idx, g, cause, message, why, fix))
 
 
+def _judge_head(
+    handle: ModelHandle,
+    t: Table,
+    g: float,
+    opts: AuditOptions,
+    report: AuditReport,
+    result: TableResult,
+) -> None:
+    result.head_grad = g
+    if g == g and g <= opts.atol:
+        return
+    cause, why, fix = handle.explain("tied", t, opts, None)
+    message = f"pad-row gradient through the tied output head max|g| = {g:.3g} (atol {opts.atol:g})"
+    report.findings.append(Finding("grad", t.path, t.pad_idx, g, cause, message, why, fix))
+
+
 def _judge_update(
     handle: ModelHandle,
     t: Table,
     change: float,
     forward: float,
     grad: float,
+    head: float,
     optimizer: OptimizerInfo,
     opts: AuditOptions,
     report: AuditReport,
@@ -231,6 +304,9 @@ def _judge_update(
     elif grad != grad or grad > opts.atol:  # the grad finding's cause, so allow= covers both
         cause, why, fix = handle.explain("nonfinite" if grad != grad else "grad", t, opts, None)
         why = f"its own non-zero gradient (max|g| = {grad:.3g}) moved it: {why}"
+    elif head != head or head > opts.atol:
+        cause, why, fix = handle.explain("tied", t, opts, None)
+        why = f"the tied head's gradient (max|g| = {head:.3g}) moved it: {why}"
     else:
         cause, why, fix = handle.explain("optimizer", t, opts, optimizer)
     result.update_cause = cause

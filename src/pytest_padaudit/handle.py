@@ -35,6 +35,10 @@ class Table:
     trainable: bool = True
     tied_with: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: the layer's own pad id (torch padding_idx normalised >= 0; Keras mask_zero -> 0).
+    own_pad_idx: int | None = None
+    #: set by the engine after ``lookups``: True when looked up with the batch's token ids.
+    token: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,12 @@ class ModelHandle(Protocol):
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
     ) -> dict[str, np.ndarray | None]:
         """Run forward and backward in training mode; return each pad row's gradient."""
+
+    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
+        """Run one forward pass without gradients; return the distinct ids each table got."""
+
+    def head_grads(self) -> dict[str, np.ndarray]:
+        """Return, per tied table, the last train pass's pad-row gradient through the head."""
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
         """Build a fresh optimizer over the tables' weights from ``optimizer=``."""

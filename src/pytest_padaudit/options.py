@@ -23,6 +23,9 @@ CAUSES = (
     "optimizer",
     "nonfinite",
     "invariance",
+    "pad_mismatch",
+    "not_checked",
+    "forward",
 )
 
 
@@ -30,7 +33,7 @@ CAUSES = (
 class AuditOptions:
     """Everything that decides an audit; see ``audit()`` for the meaning of each field."""
 
-    pad_idx: int | None = None
+    pad_idx: int | Mapping[str, int] | None = None
     seed: int = 0
     batch_size: int = 4
     seq_len: int = 16
@@ -85,6 +88,8 @@ def _jsonable(value: Any) -> Any:
         return value
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
     if callable(value):
@@ -104,9 +109,17 @@ def _int(name: str, low: int, *, optional: bool = False) -> Callable[[Any], Any]
     return check
 
 
-def _pad_idx(value: Any) -> int | None:
+def _pad_idx(value: Any) -> int | Mapping[str, int] | None:
     if value is None:
         return None
+    if isinstance(value, Mapping):
+        bad = [k for k, v in value.items() if not isinstance(k, str) or _pad_idx(v) is None]
+        if bad or not value:
+            raise PadAuditError(
+                f"pad_idx={value!r} is not valid: pass an int or a mapping "
+                "{layer path: pad id} with int ids"
+            )
+        return dict(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise PadAuditError(f"pad_idx={value!r} is not valid: pass the pad token id as an int")
     return int(value)

@@ -36,6 +36,7 @@ class TableResult:
     rows: int
     skipped: str | None = None
     grad: float | None = None
+    head_grad: float | None = None
     update: float | None = None
     update_cause: str | None = None
     tied_with: list[str] = field(default_factory=list)
