@@ -10,7 +10,7 @@ import random
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,14 +35,20 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
+from .keras_feed import PAD_HINT, PadIds, backbone_token_table, dict_inputs, feed
 from .keras_optim import PadRowStepper, elementwise
 from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
 from .keras_tables import (
     base_variable,
     constraint,
     effective_row,
+    head_row,
+    is_reverse_call,
+    is_table,
+    lookup_ids,
     notes,
     own_variables,
+    table_shape,
     table_variables,
 )
 
@@ -103,30 +109,35 @@ class KerasHandle:
         self._stepper: PadRowStepper | None = None
         #: per table: (max|g| of the variable's pad row, max|g| through the lookup or None).
         self.grad_sources: dict[str, tuple[float, float | None]] = {}
+        #: per tied table: the last train pass's pad-row gradient through the logits head.
+        self._heads: dict[str, np.ndarray] = {}
         self.last_batch: PadBatch | None = None
+        #: the dict inputs a keras-hub style model takes ({name: (role, dtype)}), else None.
+        self._feed = dict_inputs(model) if options.forward is None else None
 
     # -- discovery -------------------------------------------------------------------
-    def tables(self, pad_idx: int | None) -> list[Table]:
-        embedding = self.keras.layers.Embedding
+    def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
         owners: dict[int, list[str]] = {}
         for path, layer in [(ROOT, self.model), *self.named]:
             for var in own_variables(layer):
                 owners.setdefault(id(var), []).append(path)
-        found = []
-        for path, layer in [(ROOT, self.model), *self.named]:
-            if not isinstance(layer, embedding):
-                continue
+        layers = [(p, layer) for p, layer in [(ROOT, self.model), *self.named]]
+        layers = [(p, layer) for p, layer in layers if is_table(layer, self.keras)]
+        for path, layer in layers:
             if not layer.built:
                 raise PadAuditError(
                     f"the Embedding {path} of {self.model_class} is not built yet, so it has "
                     "no weights to audit: call the model once on a batch (or "
                     "model.build((None, seq_len))) before the audit"
                 )
-            rows, dim = int(layer.input_dim), int(layer.output_dim)
-            own = 0 if getattr(layer, "mask_zero", False) else None
-            pad = own if own is not None else pad_idx
-            if pad is not None and pad < 0:
-                pad += rows
+        pads = PadIds(self.model, self.model_class, pad_idx, [p for p, _ in layers])
+        token_layer = backbone_token_table(self.model)
+        found = []
+        for path, layer in layers:
+            rows, dim = table_shape(layer)
+            mask = 0 if getattr(layer, "mask_zero", False) else None
+            own = mask if mask is not None or layer is not token_layer else pads.library
+            pad = pads.resolve(path, rows, mask)
             lora = bool(getattr(layer, "lora_enabled", False))
             base = base_variable(layer)
             tied = tuple(o for o in owners.get(id(base), []) if o != path)
@@ -138,11 +149,20 @@ class KerasHandle:
                     dim,
                     type(layer).__name__ + ("(lora)" if lora else ""),
                     pad,
-                    own is not None,
+                    mask is not None and pad == mask,
                     bool(table_variables(layer)),
                     tied,
                     notes(layer),
+                    own_pad_idx=own,
                 )
+            )
+        if found and pads.out_of_range and all(t.pad_idx is None for t in found):
+            pads.raise_out_of_range(f"pad_idx={pad_idx!r}", [(t.path, t.rows) for t in found])
+        if found and self._feed is not None and all(t.pad_idx is None for t in found):
+            raise PadAuditError(
+                f"no pad id is known for the embedding tables of {self.model_class} "
+                f"({', '.join(t.path for t in found)}), which has no preprocessor to take it "
+                f"from: pass pad_idx= the id your data pads with ({PAD_HINT})"
             )
         self._audited = [t for t in found if t.pad_idx is not None]
         return found
@@ -189,12 +209,7 @@ class KerasHandle:
             for var, value in self._saved:
                 var.assign(value)
             self._saved = []
-            for holder, value in losses:
-                if isinstance(holder, list):
-                    holder[:] = value
-                else:
-                    holder.clear()
-                    holder.update(value)
+            _restore_losses(losses)
             np.random.set_state(np_state)
             random.setstate(py_state)
 
@@ -224,6 +239,9 @@ class KerasHandle:
         """Run the model (or ``forward=``) on the batch; wrap its errors in advice."""
         forward = self.options.forward
         try:
+            if forward is None and self._feed is not None:
+                inputs = feed(self.model_class, self._feed, kb.ids, kb.mask)
+                return self.model(inputs, training=kb.training)
             if forward is None:
                 return self.model(kb.ids, training=kb.training)
             with training_scope(self.framework, kb.training):
@@ -292,6 +310,31 @@ class KerasHandle:
             )
         return variables
 
+    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
+        """Run one inference pass; return the distinct ids each table looked up."""
+        kb = self.tensors(batch, training=False)
+        seen: dict[str, list[np.ndarray]] = {path: [] for path in self._layers}
+
+        def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
+            ids = lookup_ids(layer, args, kwargs)
+            if ids is not None:
+                seen[path].append(np.unique(np.asarray(tf.cast(ids, tf.int64)).ravel()))
+
+        losses = saved_losses([self.model] + [layer for _, layer in self.named])
+        try:
+            with recorded_calls(list(self._layers.items()), record):
+                self.forward(kb)
+        finally:
+            _restore_losses(losses)
+        return {
+            path: np.unique(np.concatenate(ids)) if ids else np.empty(0, np.int64)
+            for path, ids in seen.items()
+        }
+
+    def head_grads(self) -> dict[str, np.ndarray]:
+        """Return each tied table's pad-row gradient through the logits head (last pass)."""
+        return dict(self._heads)
+
     def train_pass(
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
     ) -> dict[str, np.ndarray | None]:
@@ -300,34 +343,53 @@ class KerasHandle:
         kb = self.tensors(batch, training=True)
         targets = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
         lookups: list[tuple[str, Any, Any]] = []
+        heads: list[tuple[str, Any, Any]] = []
         layers = [(t.path, self._layers[t.path]) for t in tables]
 
         def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            if args and tf.is_tensor(out):
-                lookups.append((path, args[0], out))
+            if not tf.is_tensor(out):
+                return
+            if is_reverse_call(args, kwargs):
+                if getattr(layer, "tie_weights", False) and args:
+                    heads.append((path, args[0], out))
+                return
+            ids = lookup_ids(layer, args, kwargs)
+            if ids is not None:
+                lookups.append((path, ids, out))
 
         with tf.GradientTape() as tape:
             with recorded_calls(layers, record):
                 output = self.forward(kb)
             total = self.loss(output, kb, plan)
-        grads = tape.gradient(total, [*targets, *(out for _, _, out in lookups)])
+        watched = [out for _, _, out in lookups] + [out for _, _, out in heads]
+        grads = tape.gradient(total, [*targets, *watched])
         by_var = dict(zip(map(id, targets), grads[: len(targets)], strict=True))
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
+        pads = {t.path: t.pad_idx for t in tables}
         through: dict[str, np.ndarray] = {}
-        for (path, ids, _), grad in zip(lookups, grads[len(targets) :], strict=True):
+        split = len(targets) + len(lookups)
+        for (path, ids, _), grad in zip(lookups, grads[len(targets) : split], strict=True):
             if grad is None:
                 continue
-            pad = next(t.pad_idx for t in tables if t.path == path)
-            hit = tf.equal(tf.cast(ids, tf.int64), pad)
+            hit = tf.equal(tf.cast(ids, tf.int64), pads[path])
             row = to_numpy(tf.reduce_sum(tf.boolean_mask(grad, hit), axis=0))
             through[path] = through[path] + row if path in through else row
+        self._heads = {}
+        for (path, hidden, logits), grad in zip(heads, grads[split:], strict=True):
+            if grad is None:
+                continue
+            row = head_row(self._layers[path], hidden, logits, grad, pads[path])
+            self._heads[path] = self._heads[path] + row if path in self._heads else row
         result: dict[str, np.ndarray | None] = {}
         for t in tables:
             layer = self._layers[t.path]
             base = base_variable(layer)
             own = pad_row(by_var.get(id(base)), t.pad_idx) if id(base) in by_var else None
             lookup = through.get(t.path)
-            result[t.path] = lookup if getattr(layer, "lora_enabled", False) else own
+            direct = getattr(layer, "lora_enabled", False) or t.path in self._heads
+            if direct and lookup is None and own is not None:
+                lookup = np.zeros_like(own)  # looked up nowhere that reaches the loss
+            result[t.path] = lookup if direct else own
             self._pad_grads[t.path] = own
             self.grad_sources[t.path] = (
                 _peak(own if own is not None else lookup),
@@ -345,13 +407,16 @@ class KerasHandle:
         if decay and callable(uses) and not any(uses(v) for v in variables):
             decay = 0.0
         name = type(optimizer).__name__
-        light = self._row_tables()
+        wanted = {t.path for t in tables}
+        light = [row for row in self._row_tables() if row[0] in wanted]
         if elementwise(self.keras, optimizer) and len(light) == len(tables):
             self._stepper = PadRowStepper(self.keras, optimizer, light)
             return OptimizerInfo(name, decay, self._stepper)
         saved = {id(v) for v, _ in self._saved}  # it steps the real tables: save them whole
         self._saved += [
-            (table, tf.identity(table)) for _, table, _ in light if id(table) not in saved
+            (table, tf.identity(table))
+            for _, table, _ in self._row_tables()
+            if id(table) not in saved
         ]
         return OptimizerInfo(name, decay, optimizer)
 
@@ -430,11 +495,24 @@ class KerasHandle:
     ) -> tuple[str, str, str]:
         return keras_words.explain(self, cause, table, options, info)
 
+    def takes_padding_mask(self) -> bool:
+        """Say whether the audit feeds the model a padding mask input (keras-hub style)."""
+        return self._feed is not None and any(r == "mask" for r, _ in self._feed.values())
+
     def layer(self, path: str | None) -> Any:
         """Return the layer at ``path`` (None when there is none)."""
         if path == ROOT:
             return self.model
         return dict(self.named).get(path) if path else None
+
+
+def _restore_losses(losses: list[tuple[Any, Any]]) -> None:
+    for holder, value in losses:
+        if isinstance(holder, list):
+            holder[:] = value
+        else:
+            holder.clear()
+            holder.update(value)
 
 
 def _unique(variables: Sequence[Any]) -> list[Any]:
