@@ -113,7 +113,9 @@ class KerasHandle:
         self._heads: dict[str, np.ndarray] = {}
         self.last_batch: PadBatch | None = None
         #: the dict inputs a keras-hub style model takes ({name: (role, dtype)}), else None.
-        self._feed = dict_inputs(model) if options.forward is None else None
+        self._roles = dict_inputs(model)
+        #: ... which the audit feeds unless the user passes forward=.
+        self._feed = self._roles if options.forward is None else None
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
@@ -158,7 +160,7 @@ class KerasHandle:
             )
         if found and pads.out_of_range and all(t.pad_idx is None for t in found):
             pads.raise_out_of_range(f"pad_idx={pad_idx!r}", [(t.path, t.rows) for t in found])
-        if found and self._feed is not None and all(t.pad_idx is None for t in found):
+        if found and self._roles is not None and all(t.pad_idx is None for t in found):
             raise PadAuditError(
                 f"no pad id is known for the embedding tables of {self.model_class} "
                 f"({', '.join(t.path for t in found)}), which has no preprocessor to take it "
@@ -263,6 +265,8 @@ class KerasHandle:
                 f"seq_len={fixed} ({type(exc).__name__}: {text})"
             )
         call = "forward=" if self.options.forward else "model(ids, training=...)"
+        if self._feed is not None and not self.options.forward:
+            call = f"model({{{', '.join(map(repr, self._feed))}}}, training=...)"
         message = (
             f"{self.model_class} raised {type(exc).__name__} on the synthetic batch ({call} "
             f"with {kb.numpy.describe()}; ids int32): {text}\n  If the model takes other "
@@ -497,7 +501,7 @@ class KerasHandle:
 
     def takes_padding_mask(self) -> bool:
         """Say whether the audit feeds the model a padding mask input (keras-hub style)."""
-        return self._feed is not None and any(r == "mask" for r, _ in self._feed.values())
+        return self._roles is not None and any(r == "mask" for r, _ in self._roles.values())
 
     def layer(self, path: str | None) -> Any:
         """Return the layer at ``path`` (None when there is none)."""

@@ -78,7 +78,8 @@ def library_pad_id(model: Any) -> tuple[int | None, str]:
 
 def backbone_token_table(model: Any) -> Any:
     """Return the token embedding layer of a keras-hub backbone or task, else None."""
-    backbone = getattr(model, "backbone", None) or model
+    backbone = getattr(model, "backbone", None)
+    backbone = model if backbone is None else backbone
     return getattr(backbone, "token_embedding", None)
 
 
