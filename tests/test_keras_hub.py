@@ -32,9 +32,7 @@ def bert(**kw):
 
 
 def gpt2():
-    return keras_hub.models.GPT2Backbone(
-        **SMALL, num_heads=2, max_sequence_length=32, dropout=0.0
-    )
+    return keras_hub.models.GPT2Backbone(**SMALL, num_heads=2, max_sequence_length=32, dropout=0.0)
 
 
 def gemma():
@@ -99,7 +97,8 @@ def test_bert_backbone_masked_loss_passes_every_check():
 
 
 def test_backbone_without_a_pad_id_asks_for_one_and_says_where_to_find_it():
-    with pytest.raises(PadAuditError, match=r"pass pad_idx=.*preprocessor\.tokenizer\.pad_token_id"):
+    hint = r"pass pad_idx=.*preprocessor\.tokenizer\.pad_token_id"
+    with pytest.raises(PadAuditError, match=hint):
         audit(bert())
 
 
