@@ -45,7 +45,9 @@ ZOO = {
     ),
     "mean_over_time": (lambda: functional(lambda x: MeanOverTime()(x)), {}),
     "flatten": (
-        lambda: functional(lambda x: layers.Dense(1)(layers.Flatten()(x)), seq_len=16),
+        lambda: functional(
+            lambda x: layers.Dense(1)(layers.Flatten(name="truth_flat")(x)), seq_len=16
+        ),
         {},
     ),
     "no_mask_zero": (lambda: functional(lambda x: MaskedDense(1)(x), mask_zero=False), {}),

@@ -35,20 +35,15 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
-from .keras_feed import PAD_HINT, PadIds, backbone_token_table, dict_inputs, feed
+from .keras_feed import PAD_HINT, dict_inputs, feed
+from .keras_lookups import SeenIds, TableCalls
 from .keras_optim import PadRowStepper, elementwise
 from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
 from .keras_tables import (
     base_variable,
     constraint,
     effective_row,
-    head_row,
-    is_reverse_call,
-    is_table,
-    lookup_ids,
-    notes,
-    own_variables,
-    table_shape,
+    find_tables,
     table_variables,
 )
 
@@ -119,55 +114,18 @@ class KerasHandle:
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
-        owners: dict[int, list[str]] = {}
-        for path, layer in [(ROOT, self.model), *self.named]:
-            for var in own_variables(layer):
-                owners.setdefault(id(var), []).append(path)
-        layers = [(p, layer) for p, layer in [(ROOT, self.model), *self.named]]
-        layers = [(p, layer) for p, layer in layers if is_table(layer, self.keras)]
-        for path, layer in layers:
-            if not layer.built:
-                raise PadAuditError(
-                    f"the Embedding {path} of {self.model_class} is not built yet, so it has "
-                    "no weights to audit: call the model once on a batch (or "
-                    "model.build((None, seq_len))) before the audit"
-                )
-        pads = PadIds(self.model, self.model_class, pad_idx, [p for p, _ in layers])
-        token_layer = backbone_token_table(self.model)
-        found = []
-        for path, layer in layers:
-            rows, dim = table_shape(layer)
-            mask = 0 if getattr(layer, "mask_zero", False) else None
-            own = mask if mask is not None or layer is not token_layer else pads.library
-            pad = pads.resolve(path, rows, mask)
-            lora = bool(getattr(layer, "lora_enabled", False))
-            base = base_variable(layer)
-            tied = tuple(o for o in owners.get(id(base), []) if o != path)
-            self._layers[path] = layer
-            found.append(
-                Table(
-                    path,
-                    rows,
-                    dim,
-                    type(layer).__name__ + ("(lora)" if lora else ""),
-                    pad,
-                    mask is not None and pad == mask,
-                    bool(table_variables(layer)),
-                    tied,
-                    notes(layer),
-                    own_pad_idx=own,
-                )
-            )
-        if found and pads.out_of_range and all(t.pad_idx is None for t in found):
-            pads.raise_out_of_range(f"pad_idx={pad_idx!r}", [(t.path, t.rows) for t in found])
-        if found and self._roles is not None and all(t.pad_idx is None for t in found):
+        layers = [(ROOT, self.model), *self.named]
+        found = find_tables(self.model, self.model_class, layers, self.keras, pad_idx)
+        self._layers.update({t.path: layer for t, layer in found})
+        tables = [t for t, _ in found]
+        if tables and self._roles is not None and all(t.pad_idx is None for t in tables):
             raise PadAuditError(
                 f"no pad id is known for the embedding tables of {self.model_class} "
-                f"({', '.join(t.path for t in found)}), which has no preprocessor to take it "
+                f"({', '.join(t.path for t in tables)}), which has no preprocessor to take it "
                 f"from: pass pad_idx= the id your data pads with ({PAD_HINT})"
             )
-        self._audited = [t for t in found if t.pad_idx is not None]
-        return found
+        self._audited = [t for t in tables if t.pad_idx is not None]
+        return tables
 
     def _row_tables(self) -> list[tuple[str, Any, int]]:
         """Return (path, tf.Variable, pad) of audited tables whose rows move one by one.
@@ -316,24 +274,14 @@ class KerasHandle:
 
     def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
         """Run one inference pass; return the distinct ids each table looked up."""
-        kb = self.tensors(batch, training=False)
-        seen: dict[str, list[np.ndarray]] = {path: [] for path in self._layers}
-
-        def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            ids = lookup_ids(layer, args, kwargs)
-            if ids is not None:
-                seen[path].append(np.unique(np.asarray(tf.cast(ids, tf.int64)).ravel()))
-
+        seen = SeenIds(list(self._layers))
         losses = saved_losses([self.model] + [layer for _, layer in self.named])
         try:
-            with recorded_calls(list(self._layers.items()), record):
-                self.forward(kb)
+            with recorded_calls(list(self._layers.items()), seen.record):
+                self.forward(self.tensors(batch, training=False))
         finally:
             _restore_losses(losses)
-        return {
-            path: np.unique(np.concatenate(ids)) if ids else np.empty(0, np.int64)
-            for path, ids in seen.items()
-        }
+        return seen.result()
 
     def head_grads(self) -> dict[str, np.ndarray]:
         """Return each tied table's pad-row gradient through the logits head (last pass)."""
@@ -346,44 +294,16 @@ class KerasHandle:
         self.last_batch = batch
         kb = self.tensors(batch, training=True)
         targets = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
-        lookups: list[tuple[str, Any, Any]] = []
-        heads: list[tuple[str, Any, Any]] = []
-        layers = [(t.path, self._layers[t.path]) for t in tables]
-
-        def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            if not tf.is_tensor(out):
-                return
-            if is_reverse_call(args, kwargs):
-                if getattr(layer, "tie_weights", False) and args:
-                    heads.append((path, args[0], out))
-                return
-            ids = lookup_ids(layer, args, kwargs)
-            if ids is not None:
-                lookups.append((path, ids, out))
-
+        calls = TableCalls()
         with tf.GradientTape() as tape:
-            with recorded_calls(layers, record):
+            with recorded_calls([(t.path, self._layers[t.path]) for t in tables], calls.record):
                 output = self.forward(kb)
             total = self.loss(output, kb, plan)
-        watched = [out for _, _, out in lookups] + [out for _, _, out in heads]
-        grads = tape.gradient(total, [*targets, *watched])
+        grads = tape.gradient(total, [*targets, *calls.outputs()])
         by_var = dict(zip(map(id, targets), grads[: len(targets)], strict=True))
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
         pads = {t.path: t.pad_idx for t in tables}
-        through: dict[str, np.ndarray] = {}
-        split = len(targets) + len(lookups)
-        for (path, ids, _), grad in zip(lookups, grads[len(targets) : split], strict=True):
-            if grad is None:
-                continue
-            hit = tf.equal(tf.cast(ids, tf.int64), pads[path])
-            row = to_numpy(tf.reduce_sum(tf.boolean_mask(grad, hit), axis=0))
-            through[path] = through[path] + row if path in through else row
-        self._heads = {}
-        for (path, hidden, logits), grad in zip(heads, grads[split:], strict=True):
-            if grad is None:
-                continue
-            row = head_row(self._layers[path], hidden, logits, grad, pads[path])
-            self._heads[path] = self._heads[path] + row if path in self._heads else row
+        through, self._heads = calls.pad_rows(grads[len(targets) :], pads)
         result: dict[str, np.ndarray | None] = {}
         for t in tables:
             layer = self._layers[t.path]

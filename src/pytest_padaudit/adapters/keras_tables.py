@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ..errors import PadAuditError
+from ..handle import Table
 from .keras_calls import tf_variable, to_numpy
+from .keras_feed import PadIds, backbone_token_table
 from .keras_optim import row_of
 
 
@@ -122,3 +125,52 @@ def notes(layer: Any) -> tuple[str, ...]:
         if value:
             found.append(f"{name}={getattr(value, '__name__', type(value).__name__)}")
     return tuple(found)
+
+
+def find_tables(
+    model: Any, model_class: str, layers: list[tuple[str, Any]], keras: Any, pad_idx: Any
+) -> list[tuple[Table, Any]]:
+    """Return (table, layer) for every embedding table, each with its pad id resolved.
+
+    A table's own pad id is 0 under ``mask_zero``; a keras-hub backbone's token table has
+    its preprocessor's. The batch pads with ``pad_idx=`` where given (an int, or a
+    ``{path: id}`` mapping), else with the own id, else with the preprocessor's.
+    """
+    owners: dict[int, list[str]] = {}
+    for path, layer in layers:
+        for var in own_variables(layer):
+            owners.setdefault(id(var), []).append(path)
+    layers = [(path, layer) for path, layer in layers if is_table(layer, keras)]
+    for path, layer in layers:
+        if not layer.built:
+            raise PadAuditError(
+                f"the Embedding {path} of {model_class} is not built yet, so it has "
+                "no weights to audit: call the model once on a batch (or "
+                "model.build((None, seq_len))) before the audit"
+            )
+    pads = PadIds(model, model_class, pad_idx, [p for p, _ in layers])
+    token_layer = backbone_token_table(model)
+    found = []
+    for path, layer in layers:
+        rows, dim = table_shape(layer)
+        mask = 0 if getattr(layer, "mask_zero", False) else None
+        own = mask if mask is not None or layer is not token_layer else pads.library
+        pad = pads.resolve(path, rows, mask)
+        lora = bool(getattr(layer, "lora_enabled", False))
+        tied = tuple(o for o in owners.get(id(base_variable(layer)), []) if o != path)
+        table = Table(
+            path,
+            rows,
+            dim,
+            type(layer).__name__ + ("(lora)" if lora else ""),
+            pad,
+            mask is not None and pad == mask,
+            bool(table_variables(layer)),
+            tied,
+            notes(layer),
+            own_pad_idx=own,
+        )
+        found.append((table, layer))
+    if found and pads.out_of_range and all(t.pad_idx is None for t, _ in found):
+        pads.raise_out_of_range(f"pad_idx={pad_idx!r}", [(t.path, t.rows) for t, _ in found])
+    return found
