@@ -119,13 +119,44 @@ def test_task_takes_the_pad_id_from_its_preprocessor(tmp_path):
     assert clash.batch["pad_idx"] == 3
 
 
-# -- RoBERTa (token and position tables inside TokenAndPositionEmbedding) -------------
+def test_lookups_records_the_ids_each_table_receives():
+    from pytest_padaudit.adapters.keras import KerasHandle
+    from pytest_padaudit.batch import make_batch
+    from pytest_padaudit.options import AuditOptions
+
+    model = bert()
+    handle = KerasHandle(model, AuditOptions(pad_idx=0), keras)
+    handle.tables(0)
+    batch = make_batch(batch_size=4, seq_len=16, vocab_size=V, pad_idx=0, seed=0)
+    seen = handle.lookups(batch)
+    # plain TF: the ids fed as token_ids and segment_ids; a position table gets no ids
+    assert seen["token_embedding"].tolist() == np.unique(batch.ids).tolist()
+    assert seen["segment_embedding"].tolist() == [0]
+    assert seen["position_embedding"].size == 0
+
+
+def test_an_int_pad_idx_applies_to_the_tables_that_can_hold_it():
+    # 40 is past the 2 segment rows and the 32 positions, but a valid token id
+    report = audit(bert(), pad_idx=40, loss="masked", checks=TRAIN)
+    assert table(report, "token_embedding").pad_idx == 40 and report.passed
+    assert table(report, "segment_embedding").skipped
+    with pytest.raises(PadAuditError, match=r"^pad_idx=100 is out of range for token_embedding"):
+        audit(bert(), pad_idx=100)
+
+
+# -- RoBERTa and DistilBERT (tables inside TokenAndPositionEmbedding) -----------------
+ENCODERS = {
+    "roberta": (keras_hub.models.RobertaBackbone, 1),  # <pad> is 1 in RoBERTa
+    "distil_bert": (keras_hub.models.DistilBertBackbone, 0),  # [PAD] is 0
+}
+
+
 @pytest.mark.parametrize("loss", ["all", "masked"])
-def test_roberta_backbone_verdict_matches_truth(loss):
-    model = keras_hub.models.RobertaBackbone(
-        **SMALL, num_heads=2, max_sequence_length=32, dropout=0.0
-    )
-    report = audit(model, pad_idx=1, loss=loss, checks=TRAIN)  # <pad> is 1 in RoBERTa
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_encoder_backbone_verdict_matches_truth(name, loss):
+    cls, pad = ENCODERS[name]
+    model = cls(**SMALL, num_heads=2, max_sequence_length=32, dropout=0.0)
+    report = audit(model, pad_idx=pad, loss=loss, checks=TRAIN)
     token = truth(model, report, model.token_embedding, masked=loss == "masked")
     assert bool(findings_on(report, "token_embedding")) == (token > 0) == (loss == "all")
     assert NOT_TOKEN in (table(report, "position_embedding").skipped or "")

@@ -124,9 +124,9 @@ class PadIds:
     def raise_out_of_range(self, written: str, tables: list[tuple[str, int]]) -> None:
         """Raise for a pad id no table can hold, quoting it as the user wrote it."""
         names = ", ".join(f"{path} ({rows} rows)" for path, rows in tables)
-        low = min(rows for _, rows in tables)
         high = max(rows for _, rows in tables)
+        negative = f" (or -{high} to -1 to count from the last row)" if len(tables) == 1 else ""
         raise PadAuditError(
             f"{written} is out of range for {names} of {self.model_class}: pass pad_idx= "
-            f"between 0 and {high - 1} (or -{low} to -1 to count from the last row)"
+            f"between 0 and {high - 1}{negative}"
         )
