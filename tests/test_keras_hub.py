@@ -227,3 +227,12 @@ def test_causal_lm_default_loss_audits_without_forward(name):
     masked = audit(model, pad_idx=0, loss="masked", allow=("tied",))
     assert masked.passed, masked.failure_message()
     assert [f.cause for f in masked.findings if f.check == "grad"] == ["tied"]
+
+
+def test_causal_lm_is_left_bitwise_unchanged():
+    model = CAUSAL["gpt2"]()
+    before = [np.array(v.numpy(), copy=True) for v in model.variables]
+    report = audit(model, pad_idx=0, optimizer=keras.optimizers.AdamW(1e-2), steps=2)
+    assert table(report, "token_embedding").update > 0  # the audit really stepped
+    after = [v.numpy() for v in model.variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
