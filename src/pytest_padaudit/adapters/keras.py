@@ -10,7 +10,7 @@ import random
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,14 +35,15 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
+from .keras_feed import PAD_HINT, dict_inputs, feed
+from .keras_lookups import SeenIds, TableCalls
 from .keras_optim import PadRowStepper, elementwise
 from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
 from .keras_tables import (
     base_variable,
     constraint,
     effective_row,
-    notes,
-    own_variables,
+    find_tables,
     table_variables,
 )
 
@@ -103,49 +104,28 @@ class KerasHandle:
         self._stepper: PadRowStepper | None = None
         #: per table: (max|g| of the variable's pad row, max|g| through the lookup or None).
         self.grad_sources: dict[str, tuple[float, float | None]] = {}
+        #: per tied table: the last train pass's pad-row gradient through the logits head.
+        self._heads: dict[str, np.ndarray] = {}
         self.last_batch: PadBatch | None = None
+        #: the dict inputs a keras-hub style model takes ({name: (role, dtype)}), else None.
+        self._roles = dict_inputs(model)
+        #: ... which the audit feeds unless the user passes forward=.
+        self._feed = self._roles if options.forward is None else None
 
     # -- discovery -------------------------------------------------------------------
-    def tables(self, pad_idx: int | None) -> list[Table]:
-        embedding = self.keras.layers.Embedding
-        owners: dict[int, list[str]] = {}
-        for path, layer in [(ROOT, self.model), *self.named]:
-            for var in own_variables(layer):
-                owners.setdefault(id(var), []).append(path)
-        found = []
-        for path, layer in [(ROOT, self.model), *self.named]:
-            if not isinstance(layer, embedding):
-                continue
-            if not layer.built:
-                raise PadAuditError(
-                    f"the Embedding {path} of {self.model_class} is not built yet, so it has "
-                    "no weights to audit: call the model once on a batch (or "
-                    "model.build((None, seq_len))) before the audit"
-                )
-            rows, dim = int(layer.input_dim), int(layer.output_dim)
-            own = 0 if getattr(layer, "mask_zero", False) else None
-            pad = own if own is not None else pad_idx
-            if pad is not None and pad < 0:
-                pad += rows
-            lora = bool(getattr(layer, "lora_enabled", False))
-            base = base_variable(layer)
-            tied = tuple(o for o in owners.get(id(base), []) if o != path)
-            self._layers[path] = layer
-            found.append(
-                Table(
-                    path,
-                    rows,
-                    dim,
-                    type(layer).__name__ + ("(lora)" if lora else ""),
-                    pad,
-                    own is not None,
-                    bool(table_variables(layer)),
-                    tied,
-                    notes(layer),
-                )
+    def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
+        layers = [(ROOT, self.model), *self.named]
+        found = find_tables(self.model, self.model_class, layers, self.keras, pad_idx)
+        self._layers.update({t.path: layer for t, layer in found})
+        tables = [t for t, _ in found]
+        if tables and self._roles is not None and all(t.pad_idx is None for t in tables):
+            raise PadAuditError(
+                f"no pad id is known for the embedding tables of {self.model_class} "
+                f"({', '.join(t.path for t in tables)}), which has no preprocessor to take it "
+                f"from: pass pad_idx= the id your data pads with ({PAD_HINT})"
             )
-        self._audited = [t for t in found if t.pad_idx is not None]
-        return found
+        self._audited = [t for t in tables if t.pad_idx is not None]
+        return tables
 
     def _row_tables(self) -> list[tuple[str, Any, int]]:
         """Return (path, tf.Variable, pad) of audited tables whose rows move one by one.
@@ -189,12 +169,7 @@ class KerasHandle:
             for var, value in self._saved:
                 var.assign(value)
             self._saved = []
-            for holder, value in losses:
-                if isinstance(holder, list):
-                    holder[:] = value
-                else:
-                    holder.clear()
-                    holder.update(value)
+            _restore_losses(losses)
             np.random.set_state(np_state)
             random.setstate(py_state)
 
@@ -224,6 +199,9 @@ class KerasHandle:
         """Run the model (or ``forward=``) on the batch; wrap its errors in advice."""
         forward = self.options.forward
         try:
+            if forward is None and self._feed is not None:
+                inputs = feed(self.model_class, self._feed, kb.ids, kb.mask)
+                return self.model(inputs, training=kb.training)
             if forward is None:
                 return self.model(kb.ids, training=kb.training)
             with training_scope(self.framework, kb.training):
@@ -245,6 +223,8 @@ class KerasHandle:
                 f"seq_len={fixed} ({type(exc).__name__}: {text})"
             )
         call = "forward=" if self.options.forward else "model(ids, training=...)"
+        if self._feed is not None and not self.options.forward:
+            call = f"model({{{', '.join(map(repr, self._feed))}}}, training=...)"
         message = (
             f"{self.model_class} raised {type(exc).__name__} on the synthetic batch ({call} "
             f"with {kb.numpy.describe()}; ids int32): {text}\n  If the model takes other "
@@ -292,6 +272,21 @@ class KerasHandle:
             )
         return variables
 
+    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
+        """Run one inference pass; return the distinct ids each table looked up."""
+        seen = SeenIds(list(self._layers))
+        losses = saved_losses([self.model] + [layer for _, layer in self.named])
+        try:
+            with recorded_calls(list(self._layers.items()), seen.record):
+                self.forward(self.tensors(batch, training=False))
+        finally:
+            _restore_losses(losses)
+        return seen.result()
+
+    def head_grads(self) -> dict[str, np.ndarray]:
+        """Return each tied table's pad-row gradient through the logits head (last pass)."""
+        return dict(self._heads)
+
     def train_pass(
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
     ) -> dict[str, np.ndarray | None]:
@@ -299,35 +294,26 @@ class KerasHandle:
         self.last_batch = batch
         kb = self.tensors(batch, training=True)
         targets = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
-        lookups: list[tuple[str, Any, Any]] = []
-        layers = [(t.path, self._layers[t.path]) for t in tables]
-
-        def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            if args and tf.is_tensor(out):
-                lookups.append((path, args[0], out))
-
+        calls = TableCalls()
         with tf.GradientTape() as tape:
-            with recorded_calls(layers, record):
+            with recorded_calls([(t.path, self._layers[t.path]) for t in tables], calls.record):
                 output = self.forward(kb)
             total = self.loss(output, kb, plan)
-        grads = tape.gradient(total, [*targets, *(out for _, _, out in lookups)])
+        grads = tape.gradient(total, [*targets, *calls.outputs()])
         by_var = dict(zip(map(id, targets), grads[: len(targets)], strict=True))
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
-        through: dict[str, np.ndarray] = {}
-        for (path, ids, _), grad in zip(lookups, grads[len(targets) :], strict=True):
-            if grad is None:
-                continue
-            pad = next(t.pad_idx for t in tables if t.path == path)
-            hit = tf.equal(tf.cast(ids, tf.int64), pad)
-            row = to_numpy(tf.reduce_sum(tf.boolean_mask(grad, hit), axis=0))
-            through[path] = through[path] + row if path in through else row
+        pads = {t.path: t.pad_idx for t in tables}
+        through, self._heads = calls.pad_rows(grads[len(targets) :], pads)
         result: dict[str, np.ndarray | None] = {}
         for t in tables:
             layer = self._layers[t.path]
             base = base_variable(layer)
             own = pad_row(by_var.get(id(base)), t.pad_idx) if id(base) in by_var else None
             lookup = through.get(t.path)
-            result[t.path] = lookup if getattr(layer, "lora_enabled", False) else own
+            direct = getattr(layer, "lora_enabled", False) or t.path in self._heads
+            if direct and lookup is None and own is not None:
+                lookup = np.zeros_like(own)  # looked up nowhere that reaches the loss
+            result[t.path] = lookup if direct else own
             self._pad_grads[t.path] = own
             self.grad_sources[t.path] = (
                 _peak(own if own is not None else lookup),
@@ -345,13 +331,16 @@ class KerasHandle:
         if decay and callable(uses) and not any(uses(v) for v in variables):
             decay = 0.0
         name = type(optimizer).__name__
-        light = self._row_tables()
+        wanted = {t.path for t in tables}
+        light = [row for row in self._row_tables() if row[0] in wanted]
         if elementwise(self.keras, optimizer) and len(light) == len(tables):
             self._stepper = PadRowStepper(self.keras, optimizer, light)
             return OptimizerInfo(name, decay, self._stepper)
         saved = {id(v) for v, _ in self._saved}  # it steps the real tables: save them whole
         self._saved += [
-            (table, tf.identity(table)) for _, table, _ in light if id(table) not in saved
+            (table, tf.identity(table))
+            for _, table, _ in self._row_tables()
+            if id(table) not in saved
         ]
         return OptimizerInfo(name, decay, optimizer)
 
@@ -430,11 +419,24 @@ class KerasHandle:
     ) -> tuple[str, str, str]:
         return keras_words.explain(self, cause, table, options, info)
 
+    def takes_padding_mask(self) -> bool:
+        """Say whether the audit feeds the model a padding mask input (keras-hub style)."""
+        return self._roles is not None and any(r == "mask" for r, _ in self._roles.values())
+
     def layer(self, path: str | None) -> Any:
         """Return the layer at ``path`` (None when there is none)."""
         if path == ROOT:
             return self.model
         return dict(self.named).get(path) if path else None
+
+
+def _restore_losses(losses: list[tuple[Any, Any]]) -> None:
+    for holder, value in losses:
+        if isinstance(holder, list):
+            holder[:] = value
+        else:
+            holder.clear()
+            holder.update(value)
 
 
 def _unique(variables: Sequence[Any]) -> list[Any]:

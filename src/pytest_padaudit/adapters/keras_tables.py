@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ..errors import PadAuditError
+from ..handle import Table
 from .keras_calls import tf_variable, to_numpy
+from .keras_feed import PadIds, backbone_token_table
 from .keras_optim import row_of
 
 
@@ -25,10 +28,61 @@ def own_variables(layer: Any) -> list[Any]:
     return own
 
 
+def is_table(layer: Any, keras: Any) -> bool:
+    """Say whether a layer holds an embedding table: an Embedding or a position table."""
+    return isinstance(layer, keras.layers.Embedding) or is_position_table(layer)
+
+
+def is_position_table(layer: Any) -> bool:
+    """Say whether a layer is a learned position table (keras-hub ``PositionEmbedding``)."""
+    return type(layer).__name__.endswith("PositionEmbedding") and hasattr(
+        layer, "position_embeddings"
+    )
+
+
 def base_variable(layer: Any) -> Any:
-    """Return the Embedding's stored table variable."""
+    """Return the table's stored variable (an Embedding's, or a position table's)."""
+    if is_position_table(layer):
+        return layer.position_embeddings
     base = getattr(layer, "_embeddings", None)
     return base if base is not None else layer.embeddings
+
+
+def table_shape(layer: Any) -> tuple[int, int]:
+    """Return (rows, dim) of a table."""
+    if is_position_table(layer):
+        rows, dim = tuple(layer.position_embeddings.shape)[:2]
+        return int(rows), int(dim)
+    return int(layer.input_dim), int(layer.output_dim)
+
+
+def is_reverse_call(args: tuple, kwargs: dict) -> bool:
+    """Say whether a ``ReversibleEmbedding`` call projects hidden states to logits."""
+    flag = kwargs.get("reverse", args[1] if len(args) > 1 else False)
+    return isinstance(flag, bool) and flag
+
+
+def lookup_ids(layer: Any, args: tuple, kwargs: dict) -> Any:
+    """Return the id tensor a table call looked up (None: a reverse or position call)."""
+    if is_position_table(layer) or is_reverse_call(args, kwargs):
+        return None
+    ids = args[0] if args else kwargs.get("inputs")
+    return ids if tf.is_tensor(ids) else None
+
+
+def head_row(layer: Any, hidden: Any, logits: Any, grad: Any, pad: int) -> np.ndarray:
+    """Return the pad row's gradient through one reverse (logits) call of a tied table.
+
+    ``logits = hidden @ W.T`` (then ``c * tanh(logits / c)`` with a soft cap ``c``), so
+    the row ``W[pad]`` gets ``sum over positions of dL/dz[..., pad] * hidden``.
+    """
+    g = tf.cast(grad[..., pad], tf.float32)
+    cap = getattr(layer, "logit_soft_cap", None)
+    if cap:
+        g = g * (1.0 - tf.square(tf.cast(logits[..., pad], tf.float32) / float(cap)))
+    h = tf.cast(hidden, tf.float32)
+    dim = int(h.shape[-1])
+    return to_numpy(tf.reduce_sum(tf.reshape(g[..., None] * h, (-1, dim)), axis=0))
 
 
 def table_variables(layer: Any) -> list[Any]:
@@ -71,3 +125,52 @@ def notes(layer: Any) -> tuple[str, ...]:
         if value:
             found.append(f"{name}={getattr(value, '__name__', type(value).__name__)}")
     return tuple(found)
+
+
+def find_tables(
+    model: Any, model_class: str, layers: list[tuple[str, Any]], keras: Any, pad_idx: Any
+) -> list[tuple[Table, Any]]:
+    """Return (table, layer) for every embedding table, each with its pad id resolved.
+
+    A table's own pad id is 0 under ``mask_zero``; a keras-hub backbone's token table has
+    its preprocessor's. The batch pads with ``pad_idx=`` where given (an int, or a
+    ``{path: id}`` mapping), else with the own id, else with the preprocessor's.
+    """
+    owners: dict[int, list[str]] = {}
+    for path, layer in layers:
+        for var in own_variables(layer):
+            owners.setdefault(id(var), []).append(path)
+    layers = [(path, layer) for path, layer in layers if is_table(layer, keras)]
+    for path, layer in layers:
+        if not layer.built:
+            raise PadAuditError(
+                f"the Embedding {path} of {model_class} is not built yet, so it has "
+                "no weights to audit: call the model once on a batch (or "
+                "model.build((None, seq_len))) before the audit"
+            )
+    pads = PadIds(model, model_class, pad_idx, [p for p, _ in layers])
+    token_layer = backbone_token_table(model)
+    found = []
+    for path, layer in layers:
+        rows, dim = table_shape(layer)
+        mask = 0 if getattr(layer, "mask_zero", False) else None
+        own = mask if mask is not None or layer is not token_layer else pads.library
+        pad = pads.resolve(path, rows, mask)
+        lora = bool(getattr(layer, "lora_enabled", False))
+        tied = tuple(o for o in owners.get(id(base_variable(layer)), []) if o != path)
+        table = Table(
+            path,
+            rows,
+            dim,
+            type(layer).__name__ + ("(lora)" if lora else ""),
+            pad,
+            mask is not None and pad == mask,
+            bool(table_variables(layer)),
+            tied,
+            notes(layer),
+            own_pad_idx=own,
+        )
+        found.append((table, layer))
+    if found and pads.out_of_range and all(t.pad_idx is None for t, _ in found):
+        pads.raise_out_of_range(f"pad_idx={pad_idx!r}", [(t.path, t.rows) for t, _ in found])
+    return found

@@ -135,7 +135,9 @@ def _grad_words(
 ) -> tuple[str, str, str]:
     layer = handle.layer(t.path)
     cls = type(layer).__name__
-    if t.tied_with:
+    if t.own_pad_idx is not None and t.own_pad_idx != t.pad_idx:
+        return _mismatch_words(handle, t, options, info)
+    if t.tied_with and t.path not in handle.head_grads():
         others = ", ".join(t.tied_with)
         return (
             "tied",
@@ -143,6 +145,16 @@ def _grad_words(
             "reaches every row, the pad row included, whatever mask_zero says",
             "untie the weights, mask the pad id out of the shared use (e.g. the pad column of "
             "tied logits), or accept it knowingly with allow=('tied',)",
+        )
+    if not t.own_pad and handle.takes_padding_mask():
+        return (
+            "unmasked",
+            f"{cls} {t.path!r} has no pad row of its own: {handle.model_class} masks pad "
+            "positions with its padding_mask input, and its outputs at pad positions, "
+            f"computed from row {t.pad_idx}, reach the loss (loss={options.loss!r})",
+            "weight the loss by padding_mask, as keras-hub's preprocessors do (they return "
+            'sample_weight=padding_mask for fit): audit with loss="masked", or a loss= that '
+            "multiplies by batch.mask",
         )
     if not t.own_pad:
         remap = (
@@ -168,6 +180,56 @@ def _grad_words(
             "or zero the pad row's gradient before the update",
         )
     return _unmasked_words(handle, t, options)
+
+
+def _mismatch_words(
+    handle: KerasHandle, t: Table, options: AuditOptions, info: Any
+) -> tuple[str, str, str]:
+    layer = handle.layer(t.path)
+    if getattr(layer, "mask_zero", False):
+        why = (
+            f"{type(layer).__name__} {t.path!r} has mask_zero=True, which masks id "
+            f"{t.own_pad_idx} only, but the data pads with {t.pad_idx} (pad_idx=): pad tokens "
+            f"are real tokens to the mask, and row {t.pad_idx} trains"
+        )
+        fix = (
+            f"make the tokenizer pad with {t.own_pad_idx} (Keras masks only id 0), or "
+            "compute the mask from your pad id and pass it to the layers that take mask="
+        )
+    else:
+        why = (
+            f"the model's preprocessor pads with {t.own_pad_idx}, but pad_idx={t.pad_idx}: "
+            f"data padded with {t.pad_idx} trains row {t.pad_idx}"
+        )
+        fix = (
+            f"pad with the preprocessor's id ({t.own_pad_idx}), or drop pad_idx= so the "
+            "audit takes it from the preprocessor"
+        )
+    return "pad_mismatch", why, fix
+
+
+def _tied_words(
+    handle: KerasHandle, t: Table, options: AuditOptions, info: Any
+) -> tuple[str, str, str]:
+    layer = handle.layer(t.path)
+    if t.path in handle.head_grads():
+        return (
+            "tied",
+            f"{type(layer).__name__} {t.path!r} also projects the hidden states to the "
+            "logits (reverse=True, tie_weights=True): the logit of the pad id at every real "
+            f"position trains row {t.pad_idx}, as it trains every row",
+            "expected with tied weights: accept it with allow=('tied',) (it covers only the "
+            "head's part), or mask the pad id's logit (logits at column "
+            f"{t.pad_idx} set to a large negative value) before the loss",
+        )
+    others = ", ".join(t.tied_with)
+    return (
+        "tied",
+        f"the embeddings variable is shared with {others} (tied weights): its gradient "
+        "reaches every row, the pad row included, whatever mask_zero says",
+        "untie the weights, mask the pad id out of the shared use (e.g. the pad column of "
+        "tied logits), or accept it knowingly with allow=('tied',)",
+    )
 
 
 def _optimizer_words(
@@ -254,6 +316,8 @@ _EXPLAIN: dict[str, Callable[[KerasHandle, Any, AuditOptions, Any], tuple[str, s
     ),
     "optimizer": _optimizer_words,
     "invariance": _invariance_words,
+    "tied": _tied_words,
+    "pad_mismatch": _mismatch_words,
 }
 
 

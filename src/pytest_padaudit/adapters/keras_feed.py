@@ -1,0 +1,132 @@
+"""What a Keras model is fed: its ids, or the dict a keras-hub model takes; its known pad id.
+
+keras-hub backbones and tasks are functional models whose inputs are a dict:
+``token_ids``, ``padding_mask`` and, where the model has them, ``segment_ids``. The audit
+feeds that dict by default. The pad id is the one the model's preprocessor pads with
+(``preprocessor.tokenizer.pad_token_id``) when the model has a preprocessor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from ..errors import PadAuditError
+
+#: input names, by role: the token ids, the padding mask (True at real tokens), segments.
+_IDS = ("token_ids", "input_ids", "ids", "tokens", "input_word_ids")
+_MASK = ("padding_mask", "attention_mask", "mask", "input_mask")
+_ZEROS = ("segment_ids", "token_type_ids", "input_type_ids")
+
+PAD_HINT = (
+    "keras-hub: the id is preprocessor.tokenizer.pad_token_id, e.g. "
+    "keras_hub.models.BertTokenizer(vocabulary=...).pad_token_id ([PAD], 0 in BERT "
+    "vocabularies; <pad>, 1 in RoBERTa's; GPT-2's preprocessor pads with 0)"
+)
+
+
+def dict_inputs(model: Any) -> dict[str, tuple[str, Any]] | None:
+    """Return {input name: (role, dtype)} when a functional model takes a dict, else None."""
+    struct = getattr(model, "_inputs_struct", None)
+    if not isinstance(struct, Mapping) or not struct:
+        return None
+    roles = {}
+    for name, tensor in struct.items():
+        role = (
+            "ids"
+            if name in _IDS
+            else "mask"
+            if name in _MASK
+            else "zeros"
+            if name in _ZEROS
+            else "unknown"
+        )
+        roles[str(name)] = (role, getattr(tensor, "dtype", "int32"))
+    return roles
+
+
+def feed(
+    model_class: str, roles: dict[str, tuple[str, Any]], ids: tf.Tensor, mask: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """Return the dict of inputs for ``roles``; raise for inputs the audit cannot fill."""
+    unknown = [name for name, (role, _) in roles.items() if role == "unknown"]
+    if unknown or not any(role == "ids" for role, _ in roles.values()):
+        names = ", ".join(repr(n) for n in roles)
+        what = f"what {', '.join(map(repr, unknown))} should hold" if unknown else "the token ids"
+        raise PadAuditError(
+            f"{model_class} takes a dict of inputs ({names}) and padaudit cannot tell {what}: "
+            "pass forward=lambda model, batch: model({'<ids input>': batch.ids, "
+            "'<mask input>': batch.mask}, training=batch.training)"
+        )
+    out = {}
+    for name, (role, dtype) in roles.items():
+        value = ids if role == "ids" else mask if role == "mask" else tf.zeros_like(ids)
+        out[name] = tf.cast(value, str(getattr(dtype, "name", dtype)))
+    return out
+
+
+def library_pad_id(model: Any) -> tuple[int | None, str]:
+    """Return (pad id, where it came from) from the model's preprocessor, else (None, "")."""
+    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if isinstance(pad, int) and not isinstance(pad, bool):
+        return pad, f"{type(tokenizer).__name__}.pad_token_id of the model's preprocessor"
+    return None, ""
+
+
+def backbone_token_table(model: Any) -> Any:
+    """Return the token embedding layer of a keras-hub backbone or task, else None."""
+    backbone = getattr(model, "backbone", None)
+    backbone = model if backbone is None else backbone
+    return getattr(backbone, "token_embedding", None)
+
+
+def is_keras_hub(model: Any) -> bool:
+    """Say whether ``model`` is a keras-hub backbone or task."""
+    return any(c.__module__.startswith("keras_hub.") for c in type(model).__mro__)
+
+
+class PadIds:
+    """Resolve each table's pad id from ``pad_idx=`` (an int or {path: id}) and the library's."""
+
+    def __init__(self, model: Any, model_class: str, pad_idx: Any, paths: list[str]) -> None:
+        self.model_class = model_class
+        self.user = pad_idx
+        self.library, self.source = library_pad_id(model)
+        self.out_of_range: list[str] = []
+        if isinstance(pad_idx, Mapping):
+            unknown = sorted(set(pad_idx) - set(paths))
+            if unknown:
+                raise PadAuditError(
+                    f"pad_idx names {', '.join(map(repr, unknown))}, which is not an embedding "
+                    f"table of {model_class}: pass pad_idx={{path: id}} with paths from "
+                    f"{', '.join(map(repr, paths))}"
+                )
+
+    def resolve(self, path: str, rows: int, own: int | None) -> int | None:
+        """Return the id the batch pads with for table ``path`` (None: no pad id known)."""
+        wanted = self.user.get(path) if isinstance(self.user, Mapping) else self.user
+        if wanted is None:
+            if own is not None:
+                return own
+            wanted = self.library
+            if wanted is None:
+                return None
+        if -rows <= wanted < rows:
+            return wanted % rows
+        if isinstance(self.user, Mapping):
+            self.raise_out_of_range(f"pad_idx={{{path!r}: {wanted!r}}}", [(path, rows)])
+        self.out_of_range.append(path)
+        return None
+
+    def raise_out_of_range(self, written: str, tables: list[tuple[str, int]]) -> None:
+        """Raise for a pad id no table can hold, quoting it as the user wrote it."""
+        names = ", ".join(f"{path} ({rows} rows)" for path, rows in tables)
+        high = max(rows for _, rows in tables)
+        negative = f" (or -{high} to -1 to count from the last row)" if len(tables) == 1 else ""
+        raise PadAuditError(
+            f"{written} is out of range for {names} of {self.model_class}: pass pad_idx= "
+            f"between 0 and {high - 1}{negative}"
+        )
