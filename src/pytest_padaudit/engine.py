@@ -6,6 +6,7 @@ through NumPy arrays and turns the measurements into findings.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +16,11 @@ from .batch import LossPlan, PadBatch, make_batch
 from .errors import PadAuditError
 from .handle import ModelHandle, OptimizerInfo, Table, Trace
 from .hooks import plugin_manager
-from .options import AuditOptions
+from .options import AuditOptions, framework_seed
 from .result import AuditReport, Finding, InvarianceResult, TableResult
+
+#: audits seed process-wide generators (torch, TF, Keras): one audit at a time.
+_ONE_AT_A_TIME = threading.RLock()
 
 
 def audit(model: object, **options: Any) -> AuditReport:
@@ -77,7 +81,7 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
         invariance=None,
         test=test,
     )
-    with handle.preserve(opts.seed):
+    with _ONE_AT_A_TIME, handle.preserve(framework_seed(opts.seed)):
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)
         if "invariance" in opts.checks:
@@ -153,6 +157,7 @@ def _train_checks(
     plan = LossPlan(batch, "masked" if opts.loss == "masked" else "all", opts.seed)
     optimizer = handle.make_optimizer(tables, opts.optimizer) if "update" in opts.checks else None
     start = handle.read_pad_rows(tables)
+    _optimizer_notes(tables, start, optimizer, opts, report)
     rows = start
     first_grad: dict[str, float] = {}
     grad_peak = {t.path: 0.0 for t in tables}
@@ -186,6 +191,32 @@ def _train_checks(
                 opts,
                 report,
                 result,
+            )
+
+
+def _optimizer_notes(
+    tables: list[Table],
+    start: dict[str, np.ndarray],
+    optimizer: OptimizerInfo | None,
+    opts: AuditOptions,
+    report: AuditReport,
+) -> None:
+    """Record each pad row's norm; say which optimizer ran and what weight decay would do."""
+    results = {r.layer: r for r in report.tables}
+    if optimizer is not None and optimizer.origin:
+        report.notes.append(
+            f"update check: {optimizer.name} from {optimizer.origin} (a fresh copy with its "
+            "settings; the model's own optimizer and its state are not touched)"
+        )
+    default = opts.optimizer is None and (optimizer is None or optimizer.origin is None)
+    for t in tables:
+        norm = float(np.linalg.norm(start[t.path]))
+        results[t.path].pad_norm = norm
+        if default and norm > opts.atol and not (optimizer and optimizer.weight_decay):
+            report.notes.append(
+                f"{t.path}: the pad row is not zero (|row| = {norm:.3g}); an optimizer with "
+                "weight decay would move this row by lr*wd*|row| per step; pass optimizer= "
+                "to check"
             )
 
 

@@ -44,6 +44,9 @@ class OptimizerInfo:
     name: str
     weight_decay: float = 0.0
     state: Any = None
+    #: where it came from when ``optimizer=`` was not given and the model carries one
+    #: (e.g. "model.optimizer"); None: the user's ``optimizer=`` or the audit's default.
+    origin: str | None = None
 
 
 @dataclass

@@ -39,6 +39,8 @@ class TableResult:
     update: float | None = None
     update_cause: str | None = None
     tied_with: list[str] = field(default_factory=list)
+    #: the L2 norm of the pad row before the audit (checkpoints: as saved).
+    pad_norm: float | None = None
 
     @property
     def audited(self) -> bool:

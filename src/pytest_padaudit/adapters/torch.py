@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
 from ..handle import OptimizerInfo, Table, Trace, output_leaves
 from ..options import AuditOptions
-from .torch_optim import PadRowStepper, pad_row_grad
+from .torch_optim import PadRowStepper, carried_optimizer, pad_row_grad
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 _ROOT = "(model)"
@@ -65,6 +67,10 @@ class TorchHandle:
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: the audited layers' own ``sparse`` flags; audits run them sparse where they can.
         self._sparse: list[tuple[nn.Module, bool]] = []
+        #: the last train pass (batch, plan, loss), re-run by closure optimizers (LBFGS).
+        self._last: tuple[PadBatch, LossPlan, torch.Tensor] | None = None
+        #: per computed table (parametrization, weight_norm): the weights its calls used.
+        self._computed: dict[str, list[torch.Tensor]] = {}
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | None) -> list[Table]:
@@ -183,7 +189,7 @@ class TorchHandle:
             random.setstate(py_state)
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
-        return {t.path: _to_numpy(self._layers[t.path].weight[t.pad_idx]) for t in tables}
+        return {t.path: _to_numpy(_weight(self._layers[t.path])[t.pad_idx]) for t in tables}
 
     # -- passes ----------------------------------------------------------------------
     def _tensors(self, batch: PadBatch) -> TorchBatch:
@@ -222,6 +228,8 @@ class TorchHandle:
                     f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
                     "that returns a scalar tensor"
                 )
+            if not value.requires_grad:
+                raise PadAuditError(_CONSTANT_LOSS)
             return value.reshape(())
         tensors = list(floating_tensors(output))
         if not tensors:
@@ -236,7 +244,7 @@ class TorchHandle:
             )
         total = torch.zeros((), device=tensors[0].device)
         for index, tensor in enumerate(tensors):
-            weights = torch.from_numpy(plan.weights(index, tuple(tensor.shape)))
+            weights = torch.from_numpy(np.asarray(plan.weights(index, tuple(tensor.shape))))
             total = total + (tensor.float() * weights.to(tensor.device)).sum()
         return total
 
@@ -245,29 +253,72 @@ class TorchHandle:
             p.grad = None
         tb = self._tensors(batch)
         output = self._forward(tb)
-        self._loss(output, tb, plan).backward()
+        loss = self._loss(output, tb, plan)
+        loss.backward()
+        if not any(p.grad is not None for p in self.model.parameters()):
+            raise PadAuditError(_CONSTANT_LOSS)
+        self._last = (batch, plan, loss.detach())
         return tb, output
+
+    def _closure(self) -> torch.Tensor:
+        """Re-run the last train pass and return its loss (LBFGS-style ``step(closure)``)."""
+        assert self._last is not None
+        batch, plan, _ = self._last
+        with torch.enable_grad():
+            self._backward(batch, plan)
+        return self._last[2]
 
     def train_pass(
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
     ) -> dict[str, np.ndarray | None]:
         self.model.train()
-        self._backward(batch, plan)
+        self._computed = {}
+        hooks = [
+            layer.register_forward_pre_hook(self._keep_weight(t.path))
+            for t in tables
+            if not _is_leaf(layer := self._layers[t.path])
+        ]
+        try:
+            with parametrize.cached():
+                self._backward(batch, plan)
+        finally:
+            for hook in hooks:
+                hook.remove()
         return {t.path: self._pad_grad(t) for t in tables}
 
+    def _keep_weight(self, path: str) -> Callable[[nn.Module, Any], None]:
+        """Keep the computed weight a call uses, so its gradient can be read."""
+
+        def keep(module: nn.Module, args: Any) -> None:
+            weight = module.weight
+            if weight.requires_grad:
+                weight.retain_grad()
+                self._computed.setdefault(path, []).append(weight)
+
+        return keep
+
     def _pad_grad(self, table: Table) -> np.ndarray | None:
+        if table.path in self._computed:  # a parametrized table: its computed weight's grad
+            rows = [w.grad[table.pad_idx] for w in self._computed[table.path] if w.grad is not None]
+            return _to_numpy(sum(rows[1:], rows[0])) if rows else None
         grad = pad_row_grad(self._layers[table.path].weight, table.pad_idx)
         return None if grad is None else _to_numpy(grad)
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
         pairs = {}
         for t in tables:
-            weight = self._layers[t.path].weight
-            if weight.requires_grad:
-                pairs[(id(weight), t.pad_idx)] = (weight, t.pad_idx)
+            layer = self._layers[t.path]
+            for weight in [layer.weight] if _is_leaf(layer) else layer.parameters():
+                if weight.requires_grad:
+                    pairs[(id(weight), t.pad_idx)] = (weight, t.pad_idx)
         if not pairs:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
-        stepper = PadRowStepper(list(pairs.values()), spec)
+        computed = not all(_is_leaf(self._layers[t.path]) for t in tables)
+        origin = None
+        if spec is None:  # the model's own optimizer when it carries one (Lightning)
+            spec = carried_optimizer(self.model, [w for w, _ in pairs.values()])
+            origin = None if spec is None else f"{self.model_class}.configure_optimizers()"
+        stepper = PadRowStepper(list(pairs.values()), spec, full=computed)
         if stepper.full:  # it steps the real tables: save them whole, give them dense grads
             whole = {id(p) for p, _ in self._saved}
             for weight, _ in pairs.values():
@@ -276,11 +327,11 @@ class TorchHandle:
                     whole.add(id(weight))
             for layer, flag in self._sparse:  # and the gradients the user's training gives
                 layer.sparse = flag
-        return OptimizerInfo(stepper.name, stepper.weight_decay, stepper)
+        return OptimizerInfo(stepper.name, stepper.weight_decay, stepper, origin)
 
     def step(self, optimizer: OptimizerInfo) -> None:
         if optimizer.state is not None:
-            optimizer.state.step()
+            optimizer.state.step(self._closure)
 
     @contextmanager
     def _quiet(self) -> Iterator[None]:
@@ -347,11 +398,26 @@ def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _is_leaf(layer: nn.Module) -> bool:
+    """Say whether the table's weight is its own parameter (not computed by a
+    parametrization or weight_norm from other parameters)."""
+    return isinstance(layer.__dict__.get("_parameters", {}).get("weight"), nn.Parameter)
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """Return the table's weight as its next call computes it (weight_norm: fresh)."""
+    for hook in layer._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm) and hook.name == "weight":
+            return hook.compute_weight(layer)
+    return layer.weight
+
+
 def _can_be_sparse(layer: nn.Module) -> bool:
     """Say whether a table can give sparse gradients (O(tokens), not O(vocab))."""
     weight = layer.weight
     return (
-        weight.layout == torch.strided
+        _is_leaf(layer)
+        and weight.layout == torch.strided
         and weight.device.type in ("cpu", "cuda")
         and not (isinstance(layer, nn.EmbeddingBag) and layer.mode == "max")
     )
@@ -363,9 +429,10 @@ def _reachable_rows(
     """Map each audited table's weight to the rows the invariance check compares."""
     reach = {}
     for t in tables:
-        weight = layers[t.path].weight
         rows = batch.reachable_rows(t.rows, t.pad_idx)
-        reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
+        for weight in layers[t.path].parameters():  # a parametrized table: its originals
+            if weight.dim() and weight.shape[0] == t.rows:
+                reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
     return reach
 
 
@@ -381,6 +448,12 @@ def _rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         hit = index[at] == rows
         out[hit] = values[at[hit]]
     return out
+
+
+_CONSTANT_LOSS = (
+    "the loss does not depend on any trainable parameter of the model, so no gradient can "
+    "be measured: pass loss=callable(output, batch) that computes a scalar from the output"
+)
 
 
 def _grad_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
