@@ -71,7 +71,8 @@ class AuditReport:
     framework: str
     model: str
     options: dict[str, Any]
-    seed: int
+    #: the seed of the synthetic batch (None: a checkpoint audit, which runs no model).
+    seed: int | None
     reproduce: str
     batch: dict[str, Any]
     batch_text: str
@@ -80,6 +81,8 @@ class AuditReport:
     invariance: InvarianceResult | None = None
     notes: list[str] = field(default_factory=list)
     test: str | None = None
+    #: "model" (:func:`audit`) or "checkpoint" (:func:`audit_checkpoint`).
+    kind: str = "model"
 
     @property
     def passed(self) -> bool:
@@ -106,6 +109,7 @@ class AuditReport:
         """Return the report as JSON primitives."""
         return {
             "test": self.test,
+            "kind": self.kind,
             "framework": self.framework,
             "model": self.model,
             "passed": self.passed,
