@@ -47,8 +47,8 @@ ALL: tuple[Cause, ...] = (
     ),
     Cause(
         "nonfinite",
-        "nan/inf in the pad row's gradient or in the outputs",
-        ("grad", "update", "invariance"),
+        "nan/inf in the pad row's gradient, the outputs, or a saved pad row",
+        ("grad", "update", "invariance", "finite"),
     ),
     Cause("max_norm", "max_norm (or a constraint) rescaled a non-zero pad row", ("update",)),
     Cause("forward", "the forward pass wrote to the embedding weight in place", ("update",)),

@@ -31,6 +31,7 @@ INI_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "rtol": (float, "relative tolerance of the invariance check (default 1e-4)"),
     "padding_side": (str, "right or left (default right)"),
     "allow": (str.split, "finding causes reported as allowed, e.g. tied"),
+    "optimizer": (str, "optimizer class by dotted path, e.g. torch.optim.AdamW(weight_decay=0.1)"),
 }
 DEFAULTS = pytest.StashKey[dict[str, Any]]()
 REPORTS = pytest.StashKey[list["AuditReport"]]()
