@@ -7,6 +7,7 @@ plain optimizer step) computed without padaudit.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import warnings
 
@@ -69,7 +70,7 @@ def test_numpy_numbers_are_numbers() -> None:
     assert numpy.passed and plain.passed
     assert numpy.options == plain.options and numpy.batch == plain.batch
     assert type(numpy.options["seq_len"]) is int and type(numpy.seed) is int
-    with pytest.raises(PadAuditError, match="seq_len=.*int >= 2"):
+    with pytest.raises(PadAuditError, match=r"seq_len=.*int >= 2"):
         audit(Tagger(), seq_len=np.bool_(True))
 
 
@@ -293,9 +294,7 @@ def test_two_audits_in_two_threads() -> None:
     models = [DropLeak() for _ in range(2)]
     seeds = (11, 12)
     expected = {
-        seed: audit(copy.deepcopy(models[i]), pad_idx=0, seed=seed, checks=("grad",))
-        .tables[0]
-        .grad
+        seed: audit(copy.deepcopy(models[i]), pad_idx=0, seed=seed, checks=("grad",)).tables[0].grad
         for i, seed in enumerate(seeds)
     }
     torch.manual_seed(1234)
@@ -323,3 +322,90 @@ def test_two_audits_in_two_threads() -> None:
     assert torch.equal(torch.get_rng_state(), rng)
     for seed in seeds:
         assert results[seed] == [expected[seed]] * 6, (seed, results[seed], expected[seed])
+
+
+# -- optimizers by dotted path: zero-code, markers, ini --------------------------------------
+MODELS_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    model = nn.Sequential(nn.Embedding(20, 4, padding_idx=0), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight[0] = 0.5  # a non-zero pad row: padding_idx keeps its gradient zero
+    return model
+"""
+
+
+def test_plain_adamw_moves_a_nonzero_pad_row() -> None:
+    """Ground truth for the zero-code test: AdamW's decay moves the row, its gradient is 0."""
+    namespace: dict[str, object] = {}
+    exec(MODELS_PY, namespace)
+    model = namespace["build"]()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    model(padded_ids() % 20).sum().backward()
+    assert float(model[0].weight.grad[0].abs().max()) == 0
+    before = model[0].weight.detach()[0].clone()
+    optimizer.step()
+    assert float((model[0].weight.detach()[0] - before).abs().max()) > 0
+
+
+def test_zero_code_marker_and_ini_take_an_optimizer_path(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(models=MODELS_PY)
+    spec = "models:build?optimizer=torch.optim.AdamW&lr=0.01&weight_decay=0.1&checks=update"
+    result = pytester.runpytest(f"--padaudit-model={spec}", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*[[]update[]] 0 (pad id 0): the pad row changed*AdamW step*",
+            "*weight decay moved a non-zero pad row: AdamW(weight_decay=0.1)*",
+            "*allow=('weight_decay',)*",
+            "*optimizer='torch.optim.AdamW(lr=0.01, weight_decay=0.1)'*",
+        ]
+    )
+    # the default optimizer has no decay: the audit passes, and says what decay would do
+    plain = pytester.runpytest("--padaudit-model=models:build", "-rP", "-p", "no:cacheprovider")
+    plain.assert_outcomes(passed=1)
+    plain.stdout.fnmatch_lines(["*0: the pad row is not zero*lr*wd*|row| per step*optimizer=*"])
+
+    pytester.makepyfile(
+        test_marked="""
+        import pytest
+        from models import build
+
+        @pytest.fixture
+        def model():
+            return build()
+
+        @pytest.mark.padaudit(optimizer="torch.optim.AdamW(weight_decay=0.1)")
+        def test_marked(model):
+            pass
+
+        @pytest.mark.padaudit
+        def test_ini(model):
+            pass
+        """
+    )
+    pytester.makeini("[pytest]\npadaudit_optimizer = torch.optim.SGD(lr=0.1, weight_decay=0.5)\n")
+    marked = pytester.runpytest("test_marked.py", "-p", "no:cacheprovider")
+    marked.assert_outcomes(failed=2)
+    marked.stdout.fnmatch_lines(
+        ["*AdamW(weight_decay=0.1) shrinks every row*", "*SGD(weight_decay=0.5) shrinks every row*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("torch.optim.AdamX", "torch.optim has no AdamX"),
+        ("nosuchpkg.Opt", "cannot import 'nosuchpkg'"),
+        ("torch.optim.AdamW(0.1)", "dotted path"),
+        ("torch.optim.AdamW(lr=x)", "keyword values must be literals"),
+        ("torch.optim.AdamW(", "dotted path"),
+        ("torch.optim.Optimizer.step", "not a class"),
+    ],
+)
+def test_bad_optimizer_paths_are_one_error(spec: str, needle: str) -> None:
+    with pytest.raises(PadAuditError, match=re.escape(needle)):
+        audit(Tagger(), optimizer=spec)
