@@ -203,6 +203,8 @@ def _optimizer_notes(
 ) -> None:
     """Record each pad row's norm; say which optimizer ran and what weight decay would do."""
     results = {r.layer: r for r in report.tables}
+    if optimizer is not None and optimizer.note:
+        report.notes.append(optimizer.note)
     if optimizer is not None and optimizer.origin:
         report.notes.append(
             f"update check: {optimizer.name} from {optimizer.origin} (a fresh copy with its "

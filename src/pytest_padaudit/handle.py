@@ -47,6 +47,8 @@ class OptimizerInfo:
     #: where it came from when ``optimizer=`` was not given and the model carries one
     #: (e.g. "model.optimizer"); None: the user's ``optimizer=`` or the audit's default.
     origin: str | None = None
+    #: a line for the report's notes (e.g. why the model's own optimizer was not used).
+    note: str | None = None
 
 
 @dataclass

@@ -314,9 +314,9 @@ class TorchHandle:
         if not pairs:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
         computed = not all(_is_leaf(self._layers[t.path]) for t in tables)
-        origin = None
+        origin = note = None
         if spec is None:  # the model's own optimizer when it carries one (Lightning)
-            spec = carried_optimizer(self.model, [w for w, _ in pairs.values()])
+            spec, note = carried_optimizer(self.model, [w for w, _ in pairs.values()])
             origin = None if spec is None else f"{self.model_class}.configure_optimizers()"
         stepper = PadRowStepper(list(pairs.values()), spec, full=computed)
         if stepper.full:  # it steps the real tables: save them whole, give them dense grads
@@ -327,7 +327,7 @@ class TorchHandle:
                     whole.add(id(weight))
             for layer, flag in self._sparse:  # and the gradients the user's training gives
                 layer.sparse = flag
-        return OptimizerInfo(stepper.name, stepper.weight_decay, stepper, origin)
+        return OptimizerInfo(stepper.name, stepper.weight_decay, stepper, origin, note)
 
     def step(self, optimizer: OptimizerInfo) -> None:
         if optimizer.state is not None:

@@ -117,29 +117,30 @@ class PadRowStepper:
 
 def carried_optimizer(
     model: nn.Module, weights: Sequence[nn.Parameter]
-) -> torch.optim.Optimizer | None:
+) -> tuple[torch.optim.Optimizer | None, str | None]:
     """Return the optimizer a model builds for itself (LightningModule-style
-    ``configure_optimizers()``), preferring one that holds the tables; None when it has none.
-
-    Only its class and hyper-parameters are used (build_optimizer copies them).
+    ``configure_optimizers()``), preferring one that holds the tables, and a note when
+    there is one but it could not be built. Only its class and hyper-parameters are used
+    (build_optimizer copies them); the instance is never stepped.
     """
     configure = getattr(model, "configure_optimizers", None)
     if not callable(configure):
-        return None
+        return None, None
     try:
         built = configure()
-    except Exception as exc:
-        raise PadAuditError(
-            f"{type(model).__qualname__}.configure_optimizers() raised {type(exc).__name__} "
-            f"({exc}) when padaudit asked for the model's optimizer: pass optimizer= the "
-            "optimizer class or a factory lambda params: torch.optim.AdamW(params)"
-        ) from exc
+    except Exception as exc:  # e.g. it reads self.trainer, which a bare module lacks
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return None, (
+            f"update check: {type(model).__qualname__}.configure_optimizers() raised "
+            f"{type(exc).__name__} ({first}), so the audit's default SGD(lr=1) stepped; pass "
+            "optimizer= your optimizer (class, instance or factory) to check with it"
+        )
     found = list(_optimizers(built))
     wanted = {id(w) for w in weights}
     for optimizer in found:
         if any(id(p) in wanted for g in optimizer.param_groups for p in g["params"]):
-            return optimizer
-    return found[0] if found else None
+            return optimizer, None
+    return (found[0] if found else None), None
 
 
 def _optimizers(value: Any, depth: int = 0) -> Iterator[torch.optim.Optimizer]:
