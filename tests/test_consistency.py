@@ -409,3 +409,51 @@ def test_zero_code_marker_and_ini_take_an_optimizer_path(pytester: pytest.Pytest
 def test_bad_optimizer_paths_are_one_error(spec: str, needle: str) -> None:
     with pytest.raises(PadAuditError, match=re.escape(needle)):
         audit(Tagger(), optimizer=spec)
+
+
+def test_two_keras_audits_in_two_threads() -> None:
+    """Keras audits in two threads leave TF's global generator as they found it."""
+    keras = pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+
+    def build() -> object:
+        keras.utils.set_random_seed(3)
+        return keras.Sequential(
+            [
+                keras.Input((None,), dtype="int32"),
+                keras.layers.Embedding(20, 4),
+                keras.layers.Dropout(0.5),
+                keras.layers.Dense(2),
+            ]
+        )
+
+    models = [build(), build()]
+    expected = [
+        audit(m, pad_idx=0, seed=s, checks=("grad",)).tables[0].grad
+        for m, s in zip(models, (5, 6), strict=True)
+    ]
+    generator = tf.random.get_global_generator()
+    state = generator.state.numpy().copy()
+    results: list[list[float]] = [[], []]
+    errors: list[BaseException] = []
+
+    start = threading.Barrier(2)
+
+    def work(index: int) -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                report = audit(models[index], pad_idx=0, seed=5 + index, checks=("grad",))
+                results[index].append(report.tables[0].grad)
+        except BaseException as exc:  # reported below, in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert tf.random.get_global_generator() is generator
+    np.testing.assert_array_equal(generator.state.numpy(), state)
+    assert results == [[expected[0]] * 3, [expected[1]] * 3]
