@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.weight_norm import WeightNorm
 
 from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
 from ..handle import OptimizerInfo, Table, Trace, output_leaves
 from ..options import AuditOptions
 from .torch_optim import PadRowStepper, carried_optimizer, pad_row_grad
+from .torch_params import is_leaf as _is_leaf
+from .torch_params import weight as _weight
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 _ROOT = "(model)"
@@ -396,20 +397,6 @@ def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if tensor.dim() >= 3 and tensor.shape[0] == b and tensor.shape[-1] == t:
         return tensor.movedim(-1, 1)[mask]
     return tensor
-
-
-def _is_leaf(layer: nn.Module) -> bool:
-    """Say whether the table's weight is its own parameter (not computed by a
-    parametrization or weight_norm from other parameters)."""
-    return isinstance(layer.__dict__.get("_parameters", {}).get("weight"), nn.Parameter)
-
-
-def _weight(layer: nn.Module) -> torch.Tensor:
-    """Return the table's weight as its next call computes it (weight_norm: fresh)."""
-    for hook in layer._forward_pre_hooks.values():
-        if isinstance(hook, WeightNorm) and hook.name == "weight":
-            return hook.compute_weight(layer)
-    return layer.weight
 
 
 def _can_be_sparse(layer: nn.Module) -> bool:
