@@ -280,6 +280,9 @@ def test_checkpoint_finding_in_json_report_like_a_model_finding(pytester: pytest
 
         def test_model(padaudit):
             padaudit(torch.nn.Embedding(10, 4), pad_idx=0, checks=("grad",))
+
+        def test_saved(padaudit):
+            padaudit.checkpoint("dirty.pt", pad_idx=0)
         """
     )
     result = pytester.runpytest(
@@ -289,9 +292,12 @@ def test_checkpoint_finding_in_json_report_like_a_model_finding(pytester: pytest
         "-p",
         "no:cacheprovider",
     )
-    result.assert_outcomes(failed=2)
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(["*PadLeakError: padaudit found 1 pad leak in*dirty.pt*"])
     data = json.loads((pytester.path / "out.json").read_text())
-    by_kind = {a["kind"]: a for a in data["audits"]}
+    saved_in_test = [a for a in data["audits"] if a["test"].endswith("::test_saved")]
+    assert [a["findings"][0]["cause"] for a in saved_in_test] == ["pad_row_nonzero"]
+    by_kind = {a["kind"]: a for a in data["audits"] if a is not saved_in_test[0]}
     model, saved = by_kind["model"], by_kind["checkpoint"]
     assert set(model) == set(saved)  # one shape for both
     assert set(model["findings"][0]) == set(saved["findings"][0])
@@ -300,9 +306,9 @@ def test_checkpoint_finding_in_json_report_like_a_model_finding(pytester: pytest
         "encoder.embed_tokens.weight"
     )
     assert saved["test"] == "padaudit-checkpoint[dirty.pt?pad_idx=0]" and not saved["passed"]
-    assert data["summary"]["audits"] == 2 and data["summary"]["leaking"] == 2
+    assert data["summary"]["audits"] == 3 and data["summary"]["leaking"] == 3
     junit = (pytester.path / "junit.xml").read_text()
-    assert junit.count('name="padaudit_json"') == 2
+    assert junit.count('name="padaudit_json"') == 3
     assert "pad_row_nonzero" in junit
 
     allowed = pytester.runpytest(

@@ -147,6 +147,18 @@ class Auditor:
             raise PadLeakError(report.failure_message(), report)
         return report
 
+    def checkpoint(self, path_or_state: Any, **options: Any) -> AuditReport:
+        """Audit saved weights (see ``audit_checkpoint``); reported like a model audit."""
+        __tracebackhide__ = True
+        from .checkpoint import audit_checkpoint
+
+        report = audit_checkpoint(path_or_state, **options)
+        report.test = self._item.nodeid
+        self._item.stash.setdefault(REPORTS, []).append(report)
+        if not report.passed:
+            raise PadLeakError(report.failure_message(), report)
+        return report
+
     @property
     def reports(self) -> list[AuditReport]:
         """Return the reports of every audit this test ran so far."""
