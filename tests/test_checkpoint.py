@@ -54,10 +54,11 @@ def test_torch_state_dict_clean(tmp_path: Path) -> None:
     torch.save(state(0.0), path)
     report = audit_checkpoint(path, pad_idx=0)
     assert report.passed, report.failure_message()
-    assert [(t.key, t.pad_idx, t.norm, t.zero) for t in report.tables] == [
-        ("encoder.embed_tokens.weight", 0, 0.0, True)
+    assert [(t.layer, t.pad_idx, t.pad_norm) for t in report.tables] == [
+        ("encoder.embed_tokens.weight", 0, 0.0)
     ]
-    assert report.expect == ("zero",)
+    assert report.options["expect"] == ["zero"] and report.kind == "checkpoint"
+    assert report.framework == "torch" and report.seed is None
     assert report.raise_if_leaking() is report
 
 
@@ -67,13 +68,25 @@ def test_torch_state_dict_nonzero_pad_row(tmp_path: Path) -> None:
     report = audit_checkpoint(str(path), pad_idx=0)
     assert not report.passed
     (table,) = report.tables
-    assert table.norm == pytest.approx(1.0)  # sqrt(4 * 0.25)
-    assert not table.zero
+    assert table.pad_norm == pytest.approx(1.0)  # sqrt(4 * 0.25)
     (finding,) = report.findings
-    assert finding.startswith("[zero] encoder.embed_tokens.weight (pad id 0, shape [10, 4])")
-    assert "norm 1" in finding and "cause:" in finding and "fix:" in finding
-    with pytest.raises(PadLeakError, match="not zero"):
+    assert (finding.check, finding.layer, finding.pad_idx) == (
+        "zero",
+        "encoder.embed_tokens.weight",
+        0,
+    )
+    assert finding.cause == "pad_row_nonzero" and finding.value == pytest.approx(1.0)
+    assert "norm 1" in finding.message and "shape [10, 4]" in finding.message
+    assert "padding_idx" in finding.why and "state_dict[" in finding.fix
+    message = report.failure_message()
+    assert "[zero] encoder.embed_tokens.weight (pad id 0)" in message
+    assert "cause:" in message and "fix:" in message and "--padaudit-seed" not in message
+    assert f"reproduce: audit_checkpoint({str(path)!r}, pad_idx=0)" in message
+    with pytest.raises(PadLeakError, match="not zero") as err:
         report.raise_if_leaking()
+    assert err.value.report is report
+    allowed = audit_checkpoint(str(path), pad_idx=0, allow="pad_row_nonzero")
+    assert allowed.passed and allowed.findings[0].allowed
     assert audit_checkpoint(path, pad_idx=0, atol=0.6).passed
 
 
@@ -83,18 +96,24 @@ def test_torch_changed_against_baseline(tmp_path: Path) -> None:
     torch.save(state(0.5), after)
     # a non-zero pad row that stays put is fine under expect="unchanged" (the default)
     report = audit_checkpoint(after, baseline=before, pad_idx=0)
-    assert report.passed and report.expect == ("unchanged",)
-    assert report.tables[0].change == 0.0
+    assert report.passed and report.options["expect"] == ["unchanged"]
+    assert report.tables[0].update == 0.0
 
     moved = state(0.5)
     moved["encoder.embed_tokens.weight"][0, 2] += 0.25
     torch.save(moved, after)
     report = audit_checkpoint(after, baseline=before, pad_idx=0)
     assert not report.passed
-    assert report.tables[0].change == pytest.approx(0.25)
-    assert report.findings[0].startswith("[unchanged] encoder.embed_tokens.weight")
+    assert report.tables[0].update == pytest.approx(0.25)
+    (finding,) = report.findings
+    assert (finding.check, finding.layer, finding.cause) == (
+        "unchanged",
+        "encoder.embed_tokens.weight",
+        "pad_row_changed",
+    )
+    assert report.tables[0].update_cause == "pad_row_changed"
     both = audit_checkpoint(after, baseline=before, pad_idx=0, expect=("zero", "unchanged"))
-    assert [f.split("]")[0] for f in both.findings] == ["[zero", "[unchanged"]
+    assert [f.check for f in both.findings] == ["zero", "unchanged"]
     assert "max|Δ| vs baseline" in str(both)
 
 
@@ -103,10 +122,11 @@ def test_in_memory_state_and_nested_checkpoints(tmp_path: Path) -> None:
     path = tmp_path / "nested.ckpt"
     torch.save({"state_dict": state(0.0), "epoch": 3}, path)
     report = audit_checkpoint(path, pad_idx=0)
-    assert [t.key for t in report.tables] == ["state_dict.encoder.embed_tokens.weight"]
+    assert [t.layer for t in report.tables] == ["state_dict.encoder.embed_tokens.weight"]
     numpy_state = {"emb.weight": np.eye(5, dtype=np.float32)}
     assert not audit_checkpoint(numpy_state, pad_idx=0).passed
-    assert audit_checkpoint(numpy_state, pad_idx=0, keys=["emb.weight"]).tables[0].norm == 1.0
+    checked = audit_checkpoint(numpy_state, pad_idx=0, keys=["emb.weight"])
+    assert checked.tables[0].pad_norm == 1.0 and checked.framework == "numpy"
 
 
 class _Boom:
@@ -197,14 +217,16 @@ def _write_keras_files(keras: object, root: Path) -> dict[str, Path]:
 
 
 def test_keras_weights_h5(keras_files: dict[str, Path]) -> None:
-    clean = audit_checkpoint(keras_files["clean"], pad_idx=0)
+    clean = audit_checkpoint(keras_files["clean"], pad_idx=0, expect="zero")
     assert clean.passed, clean.failure_message()
-    assert [t.key for t in clean.tables] == ["layers/embedding/vars/0"]
-    random = audit_checkpoint(keras_files["random"], pad_idx=0)
-    assert not random.passed and random.tables[0].norm > 0
+    assert [t.layer for t in clean.tables] == ["layers/embedding/vars/0"]
+    random = audit_checkpoint(keras_files["random"], pad_idx=0, expect="zero")
+    assert not random.passed and random.tables[0].pad_norm > 0
     changed = audit_checkpoint(keras_files["changed"], baseline=keras_files["clean"], pad_idx=0)
-    assert changed.tables[0].change == pytest.approx(0.125)
-    assert changed.findings[0].startswith("[unchanged] layers/embedding/vars/0")
+    assert changed.tables[0].update == pytest.approx(0.125)
+    assert [(f.check, f.layer) for f in changed.findings] == [
+        ("unchanged", "layers/embedding/vars/0")
+    ]
 
 
 def test_keras_archive_reads_pad_zero_from_mask_zero(keras_files: dict[str, Path]) -> None:
@@ -212,4 +234,91 @@ def test_keras_archive_reads_pad_zero_from_mask_zero(keras_files: dict[str, Path
     assert clean.passed and clean.tables[0].pad_idx == 0
     changed = audit_checkpoint(keras_files["changed_keras"], baseline=keras_files["clean_keras"])
     assert not changed.passed
-    assert changed.tables[0].change == pytest.approx(0.125)
+    assert changed.tables[0].update == pytest.approx(0.125)
+
+
+def test_keras_default_fits_keras(keras_files: dict[str, Path]) -> None:
+    """Keras initialises row 0 randomly: a random pad row is no finding by default."""
+    weights = np.asarray(_h5_table(keras_files["random"]))
+    assert np.abs(weights[0]).max() > 0  # ground truth: the saved pad row is not zero
+    report = audit_checkpoint(keras_files["random"], pad_idx=0)
+    assert report.passed, report.failure_message()
+    assert report.framework == "keras" and report.options["expect"] == ["finite"]
+    assert report.tables[0].pad_norm == pytest.approx(float(np.linalg.norm(weights[0])))
+    assert any("mask_zero keeps it out of training" in n for n in report.notes)
+    # asked for a zero row, the finding speaks Keras, not torch
+    (finding,) = audit_checkpoint(keras_files["random"], pad_idx=0, expect="zero").findings
+    words = finding.why + finding.fix
+    assert "set_weights" in finding.fix and "mask_zero" in finding.why
+    for torch_idiom in ("state_dict", "padding_idx", "torch", "no_grad"):
+        assert torch_idiom not in words, torch_idiom
+    changed = audit_checkpoint(keras_files["changed"], baseline=keras_files["clean"], pad_idx=0)
+    words = changed.findings[0].why + changed.findings[0].fix
+    assert "mask_zero" in words and "padding_idx" not in words and "state_dict" not in words
+
+
+def _h5_table(path: Path) -> np.ndarray:
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "r") as f:
+        return f["layers/embedding/vars/0"][()]
+
+
+def test_nonfinite_pad_row_is_a_finding_whatever_is_expected(tmp_path: Path) -> None:
+    before, after = state(0.0), state(0.0)
+    after["encoder.embed_tokens.weight"][0, 1] = float("nan")
+    report = audit_checkpoint(after, baseline=before, pad_idx=0)
+    assert [(f.check, f.cause) for f in report.findings] == [("finite", "nonfinite")]
+    assert not report.passed
+
+
+def test_checkpoint_finding_in_json_report_like_a_model_finding(pytester: pytest.Pytester) -> None:
+    """A zero-code checkpoint audit lands in --padaudit-report=json beside a model audit."""
+    torch.save(state(0.5), pytester.path / "dirty.pt")
+    pytester.makepyfile(
+        """
+        import torch
+
+        def test_model(padaudit):
+            padaudit(torch.nn.Embedding(10, 4), pad_idx=0, checks=("grad",))
+
+        def test_saved(padaudit):
+            padaudit.checkpoint("dirty.pt", pad_idx=0)
+        """
+    )
+    result = pytester.runpytest(
+        "--padaudit-checkpoint=dirty.pt?pad_idx=0",
+        "--padaudit-report=json:out.json",
+        "--junitxml=junit.xml",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(["*PadLeakError: padaudit found 1 pad leak in*dirty.pt*"])
+    data = json.loads((pytester.path / "out.json").read_text())
+    saved_in_test = [a for a in data["audits"] if a["test"].endswith("::test_saved")]
+    assert [a["findings"][0]["cause"] for a in saved_in_test] == ["pad_row_nonzero"]
+    by_kind = {a["kind"]: a for a in data["audits"] if a is not saved_in_test[0]}
+    model, saved = by_kind["model"], by_kind["checkpoint"]
+    assert set(model) == set(saved)  # one shape for both
+    assert set(model["findings"][0]) == set(saved["findings"][0])
+    (finding,) = saved["findings"]
+    assert finding["cause"] == "pad_row_nonzero" and finding["layer"] == (
+        "encoder.embed_tokens.weight"
+    )
+    assert saved["test"] == "padaudit-checkpoint[dirty.pt?pad_idx=0]" and not saved["passed"]
+    assert data["summary"]["audits"] == 3 and data["summary"]["leaking"] == 3
+    junit = (pytester.path / "junit.xml").read_text()
+    assert junit.count('name="padaudit_json"') == 3
+    assert "pad_row_nonzero" in junit
+
+    allowed = pytester.runpytest(
+        "--padaudit-checkpoint=dirty.pt?pad_idx=0&allow=('pad_row_nonzero',)",
+        "--padaudit-report=json:allowed.json",
+        "-k",
+        "padaudit-checkpoint",
+        "-p",
+        "no:cacheprovider",
+    )
+    allowed.assert_outcomes(passed=1)
+    (audit,) = json.loads((pytester.path / "allowed.json").read_text())["audits"]
+    assert audit["passed"] and audit["findings"][0]["allowed"]

@@ -8,96 +8,30 @@ them; only the pad row of each table is read where the format allows it.
 
 from __future__ import annotations
 
-import io
 import json
+import numbers
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import PadAuditError, PadLeakError
+from .checkpoint_files import flatten, load
+from .errors import PadAuditError
+from .result import AuditReport, Finding, TableResult
 
-EXPECTS = ("zero", "unchanged")
+EXPECTS = ("zero", "unchanged", "finite")
 #: a key names a token table when one of its parts contains "embed" or is one of these.
 _TOKEN_PARTS = ("wte", "shared", "emb", "tok_embeddings", "word_emb")
 #: ... and none of its parts names positions, segments or the output head.
 _NOT_TOKENS = ("position", "pos_emb", "wpe", "token_type", "segment", "relative", "norm", "_out")
-
-Row = Callable[[int], np.ndarray]
-
-
-@dataclass
-class CheckpointTable:
-    """One embedding table of a checkpoint and what its pad row looks like."""
-
-    key: str
-    shape: tuple[int, ...]
-    pad_idx: int
-    norm: float
-    zero: bool
-    #: max |Δ| of the pad row against the baseline (None: no baseline or no such key).
-    change: float | None = None
-
-
-@dataclass
-class CheckpointReport:
-    """The outcome of :func:`audit_checkpoint`; ``passed`` is False on any finding."""
-
-    source: str
-    baseline: str | None
-    expect: tuple[str, ...]
-    atol: float
-    tables: list[CheckpointTable] = field(default_factory=list)
-    findings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.findings
-
-    def raise_if_leaking(self) -> CheckpointReport:
-        """Raise :class:`PadLeakError` with the failure message when a check failed."""
-        __tracebackhide__ = True
-        if not self.passed:
-            raise PadLeakError(self.failure_message(), self)  # type: ignore[arg-type]
-        return self
-
-    def failure_message(self) -> str:
-        """Return every finding with its likely cause and fix."""
-        lines = [f"padaudit found {len(self.findings)} problem(s) in checkpoint {self.source}", ""]
-        lines += self.findings
-        lines += [str(self)]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        head = ("key", "shape", "pad id", "pad-row norm", "zero", "max|Δ| vs baseline")
-        rows = [
-            (
-                t.key,
-                "x".join(map(str, t.shape)),
-                str(t.pad_idx),
-                f"{t.norm:.3g}",
-                "yes" if t.zero else "NO",
-                "-" if t.change is None else f"{t.change:.3g}",
-            )
-            for t in self.tables
-        ]
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        against = f" against {self.baseline}" if self.baseline else ""
-        lines = [
-            f"padaudit checkpoint {self.source}{against} (expect {', '.join(self.expect)}): "
-            + ("passed" if self.passed else f"{len(self.findings)} finding(s)"),
-            "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
-            "  ".join("-" * w for w in widths),
-        ]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(line.rstrip() for line in lines)
+_KERAS_ROW = (
+    "Keras initialises every row randomly, the pad row too, and mask_zero keeps it out of "
+    "training, so a non-zero pad row is fine"
+)
 
 
 def audit_checkpoint(
@@ -108,56 +42,125 @@ def audit_checkpoint(
     keys: str | Iterable[str] | None = None,
     baseline: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     atol: float = 0.0,
-) -> CheckpointReport:
+    allow: str | Iterable[str] = (),
+) -> AuditReport:
     """Check the pad row of every embedding table in saved weights; never raise for a leak.
 
+    Return the same :class:`AuditReport` as a model audit (``kind="checkpoint"``): one
+    table per checked key, one finding per failed expectation, ``allow=`` as for audits.
+
     ``expect``: ``"zero"`` (every pad row is zero within ``atol``), ``"unchanged"`` (every
-    pad row equals the ``baseline`` checkpoint's), or both; default ``"unchanged"`` when a
-    ``baseline`` is given, else ``"zero"``. ``pad_idx``: the pad id (an int, or a mapping
-    of key to id); default ``pad_token_id`` of a ``config.json`` beside the file, or 0 for a
-    ``.keras`` model whose embedding has ``mask_zero=True``. ``keys``: the tables to check
-    (default: 2-D keys naming a token embedding, e.g. ``*embed*``, ``wte``, ``shared``).
+    pad row equals the ``baseline`` checkpoint's), ``"finite"`` (no nan/inf), or several;
+    a non-finite pad row is always a finding. Default: ``"unchanged"`` with a ``baseline``;
+    else ``"zero"``, or ``"finite"`` for Keras files (Keras initialises the pad row
+    randomly and ``mask_zero`` keeps it out of training). ``pad_idx``: the pad id (an int,
+    or a mapping of key to id); default ``pad_token_id`` of a ``config.json`` beside the
+    file, or 0 for a ``.keras`` model whose embedding has ``mask_zero=True``. ``keys``: the
+    tables to check (default: 2-D keys naming a token embedding, e.g. ``*embed*``, ``wte``).
     """
-    wanted = _expect(expect, baseline is not None)
-    if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0:
+    framework = _framework(path_or_state)
+    wanted = _expect(expect, baseline is not None, framework)
+    if not isinstance(atol, numbers.Real) or isinstance(atol, bool) or not atol >= 0:
         raise PadAuditError(f"atol={atol!r} is not valid: pass a float >= 0")
+    allowed = _allow(allow)
     source, rows, shapes = load(path_or_state)
     chosen = _select(shapes, keys, source)
-    report = CheckpointReport(source, None, wanted, float(atol))
-    base_rows: dict[str, Row] = {}
-    base_shapes: dict[str, tuple[int, ...]] = {}
-    if baseline is not None:
-        report.baseline, base_rows, base_shapes = load(baseline)
+    base_name, base_rows, base_shapes = load(baseline) if baseline is not None else (None, {}, {})
     pads = _pads(pad_idx, path_or_state, chosen, shapes)
+    options = {
+        "expect": list(wanted),
+        "pad_idx": pad_idx if not isinstance(pad_idx, Mapping) else dict(pad_idx),
+        "keys": chosen,
+        "baseline": base_name,
+        "atol": float(atol),
+        "allow": list(allowed),
+    }
+    report = AuditReport(
+        framework=framework,
+        model=source,
+        options=options,
+        seed=None,
+        reproduce=_reproduce(path_or_state, source, expect, pad_idx, keys, base_name, atol, allow),
+        batch={},
+        batch_text="",
+        kind="checkpoint",
+    )
     for key in chosen:
         pad = pads[key]
         row = rows[key](pad).astype(np.float64)
-        norm = float(np.linalg.norm(row)) if np.isfinite(row).all() else float("nan")
-        table = CheckpointTable(
-            key, shapes[key], pad, norm, bool(np.abs(row).max(initial=0.0) <= atol)
-        )
-        if (
-            key in base_rows
-            and base_shapes[key][1:] == shapes[key][1:]
-            and pad < base_shapes[key][0]
-        ):
-            table.change = float(
-                np.abs(row - base_rows[key](pad).astype(np.float64)).max(initial=0.0)
-            )
-        elif report.baseline is not None:
+        finite = bool(np.isfinite(row).all())
+        table = TableResult(key, "x".join(map(str, shapes[key])), pad, shapes[key][0])
+        table.pad_norm = float(np.linalg.norm(row)) if finite else float("nan")
+        change = None
+        base = base_shapes.get(key)
+        if key in base_rows and base[1:] == shapes[key][1:] and pad < base[0]:
+            change = float(np.abs(row - base_rows[key](pad).astype(np.float64)).max(initial=0.0))
+            table.update = change
+        elif base_name is not None:
             report.notes.append(f"{key}: not comparable with the baseline (missing or reshaped)")
         report.tables.append(table)
-        _judge(report, table)
+        _judge(report, table, row, change, wanted, float(atol), framework)
+    if framework == "keras" and wanted == ("finite",):
+        report.notes.append(
+            f"{_KERAS_ROW}: without baseline= only finiteness is checked; pass baseline= "
+            "the checkpoint before training to check that training did not move the pad row"
+        )
+    for finding in report.findings:
+        finding.allowed = finding.cause in allowed
     return report
 
 
-def _expect(expect: str | Iterable[str] | None, has_baseline: bool) -> tuple[str, ...]:
+def _allow(allow: str | Iterable[str]) -> tuple[str, ...]:
+    from .options import _VALIDATORS
+
+    return _VALIDATORS["allow"](allow)
+
+
+def _framework(source: object) -> str:
+    """Name the framework whose words the findings use: keras, torch or numpy."""
+    if isinstance(source, (str, os.PathLike)):
+        name = str(source).lower()
+        return "keras" if name.endswith((".keras", ".h5", ".hdf5")) else "torch"
+    if isinstance(source, Mapping):
+        flat = flatten(source)
+        if any(hasattr(v, "detach") for v in flat.values()):
+            return "torch"
+        return "numpy"
+    return "torch"
+
+
+def _reproduce(
+    source: object,
+    name: str,
+    expect: object,
+    pad_idx: object,
+    keys: object,
+    baseline: str | None,
+    atol: float,
+    allow: object,
+) -> str:
+    parts = [repr(name) if isinstance(source, (str, os.PathLike)) else "state_dict"]
+    given = {"expect": expect, "pad_idx": pad_idx, "keys": keys, "baseline": baseline}
+    parts += [f"{k}={v!r}" for k, v in given.items() if v is not None]
+    if allow:
+        parts.append(f"allow={allow!r}")
+    if atol:
+        parts.append(f"atol={atol!r}")
+    return f"audit_checkpoint({', '.join(parts)})"
+
+
+def _expect(
+    expect: str | Iterable[str] | None, has_baseline: bool, framework: str
+) -> tuple[str, ...]:
     if expect is None:
-        return ("unchanged",) if has_baseline else ("zero",)
+        if has_baseline:
+            return ("unchanged",)
+        return ("finite",) if framework == "keras" else ("zero",)
     items = (expect,) if isinstance(expect, str) else tuple(expect)
     if not items or any(e not in EXPECTS for e in items):
         raise PadAuditError(
-            f"expect={expect!r} is not valid: pass 'zero', 'unchanged' or ('zero', 'unchanged')"
+            f"expect={expect!r} is not valid: pass 'zero', 'unchanged', 'finite' or a tuple "
+            "of them, e.g. ('zero', 'unchanged')"
         )
     if "unchanged" in items and not has_baseline:
         raise PadAuditError(
@@ -167,156 +170,114 @@ def _expect(expect: str | Iterable[str] | None, has_baseline: bool) -> tuple[str
     return tuple(dict.fromkeys(items))
 
 
-def _judge(report: CheckpointReport, t: CheckpointTable) -> None:
-    where = f"{t.key} (pad id {t.pad_idx}, shape {list(t.shape)})"
-    if "zero" in report.expect and not t.zero:
+def _judge(
+    report: AuditReport,
+    t: TableResult,
+    row: np.ndarray,
+    change: float | None,
+    expect: tuple[str, ...],
+    atol: float,
+    framework: str,
+) -> None:
+    """Add a finding for each expectation the pad row of ``t`` fails, in ``framework``'s words."""
+    where = f"shape [{t.kind.replace('x', ', ')}]"
+    keras = framework == "keras"
+    if not np.isfinite(row).all():
         report.findings.append(
-            f"[zero] {where}: the pad row is not zero: norm {t.norm:.3g} (atol {report.atol:g})\n"
-            "    cause: the row trained or was initialised non-zero: a table without "
-            "padding_idx, tied input/output embeddings, weight decay or max_norm on the "
-            "embedding, or an init that overwrote the zero row\n"
-            "    fix:   audit the training model with padaudit(model) to find which; zero "
-            f"the row before release (state_dict[{t.key!r}][{t.pad_idx}] = 0) when the model "
-            "never reads it; expect='unchanged' with baseline= when a non-zero row is by design"
+            Finding(
+                "finite",
+                t.layer,
+                t.pad_idx,
+                float("nan"),
+                "nonfinite",
+                f"the pad row holds nan/inf ({where})",
+                "training diverged at the pad positions (a division by a zero pad count, "
+                "log(0) at pad positions) or the row was overwritten",
+                "audit the training model (audit(model)) to find where nan/inf enters; "
+                + (_KERAS_ZERO if keras else _TORCH_ZERO).format(key=t.layer, pad=t.pad_idx),
+            )
         )
-    if "unchanged" in report.expect and t.change is not None and t.change > report.atol:
+        return
+    peak = float(np.abs(row).max(initial=0.0))
+    if "zero" in expect and peak > atol:
+        if keras:
+            why = (
+                f"the row trained or was never zeroed: {_KERAS_ROW} only where every layer "
+                "honours the mask; without mask_zero, or with a layer that drops the mask or "
+                "tied output logits, pad tokens train it"
+            )
+            fix = (
+                "audit the training model (audit(model)) to see whether the row trains; if it "
+                "must be zero, "
+                + _KERAS_ZERO.format(key=t.layer, pad=t.pad_idx)
+                + "; expect='unchanged' with baseline= when a non-zero row is by design"
+            )
+        else:
+            why = (
+                "the row trained or was initialised non-zero: a table without padding_idx, "
+                "tied input/output embeddings, weight decay or max_norm on the embedding, or "
+                "an init that overwrote the zero row"
+            )
+            fix = (
+                "audit the training model (audit(model)) to find which; "
+                + _TORCH_ZERO.format(key=t.layer, pad=t.pad_idx)
+                + " when the model never reads it; expect='unchanged' with baseline= when a "
+                "non-zero row is by design"
+            )
         report.findings.append(
-            f"[unchanged] {where}: the pad row changed against {report.baseline}: "
-            f"max|Δ| = {t.change:.3g} (atol {report.atol:g})\n"
-            "    cause: training moved the pad row: it received gradient (no padding_idx, "
-            "tied LM head) or the optimizer moved it (weight decay, momentum)\n"
-            "    fix:   run padaudit(model, optimizer=...) on the training model: its "
-            "findings name the layer, the cause and the fix"
+            Finding(
+                "zero",
+                t.layer,
+                t.pad_idx,
+                float(t.pad_norm or 0.0),
+                "pad_row_nonzero",
+                f"the pad row is not zero: norm {t.pad_norm:.3g}, max|x| {peak:.3g} "
+                f"(atol {atol:g}; {where})",
+                why,
+                fix,
+            )
+        )
+    if "unchanged" in expect and change is not None and not change <= atol:
+        if keras:
+            why = (
+                "training moved the pad row: it received gradient (no mask_zero, a layer "
+                "that drops the mask, tied output logits) or the optimizer moved it (weight "
+                "decay: Keras' AdamW decays by 0.004 by default)"
+            )
+            fix = (
+                "audit the compiled training model with audit(model) (it steps a copy of "
+                "model.optimizer): its findings name the layer, the cause and the fix"
+            )
+        else:
+            why = (
+                "training moved the pad row: it received gradient (no padding_idx, tied LM "
+                "head) or the optimizer moved it (weight decay, momentum)"
+            )
+            fix = (
+                "run audit(model, optimizer=...) on the training model: its findings name "
+                "the layer, the cause and the fix"
+            )
+        t.update_cause = "pad_row_changed"
+        report.findings.append(
+            Finding(
+                "unchanged",
+                t.layer,
+                t.pad_idx,
+                change,
+                "pad_row_changed",
+                f"the pad row changed against {report.options['baseline']}: max|Δ| = "
+                f"{change:.3g} (atol {atol:g}; {where})",
+                why,
+                fix,
+            )
         )
 
 
-# -- loading --------------------------------------------------------------------------
-def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, dict, dict]:
-    """Return (name, key -> row reader, key -> shape) for a checkpoint or a mapping."""
-    if isinstance(source, Mapping):
-        flat = _flatten(source)
-        return "(state dict)", *_readers(flat)
-    if not isinstance(source, (str, os.PathLike)):
-        raise PadAuditError(
-            f"cannot read a checkpoint from a {type(source).__name__}: pass a file path or "
-            "a mapping of names to arrays (a state_dict)"
-        )
-    path = Path(source)
-    if not path.is_file():
-        raise PadAuditError(f"checkpoint {str(path)!r} does not exist: pass the path of a file")
-    name = path.name.lower()
-    if name.endswith(".safetensors"):
-        return str(path), *_safetensors(path)
-    if name.endswith(".keras"):
-        with zipfile.ZipFile(path) as archive:
-            if "model.weights.h5" not in archive.namelist():
-                raise PadAuditError(f"{path} holds no model.weights.h5: pass a Keras 3 .keras file")
-            data = io.BytesIO(archive.read("model.weights.h5"))
-        return str(path), *_h5(data)
-    if name.endswith((".h5", ".hdf5")):
-        return str(path), *_h5(path)
-    return str(path), *_readers(_flatten(_torch_load(path)))
-
-
-def _torch_load(path: Path) -> Mapping[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        raise PadAuditError(
-            f"reading {path} needs PyTorch: install torch, or save the weights as "
-            ".safetensors or .weights.h5"
-        ) from None
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PadAuditError(
-            f"torch.load({str(path)!r}, weights_only=True) refused the file ({first}): padaudit "
-            "never unpickles arbitrary objects. Save the weights alone: "
-            "torch.save(model.state_dict(), path), or save_file() from safetensors"
-        ) from None
-    if not isinstance(state, Mapping):
-        raise PadAuditError(
-            f"{path} holds a {type(state).__name__}, not a state_dict: save "
-            "model.state_dict(), or pass the mapping of names to tensors"
-        )
-    return state
-
-
-def _safetensors(path: Path) -> tuple[dict, dict]:
-    try:
-        from safetensors import safe_open
-    except ImportError:
-        raise PadAuditError(f"reading {path} needs safetensors: pip install safetensors") from None
-    try:
-        import torch  # noqa: F401  (bf16 tensors need it)
-
-        framework = "pt"
-    except ImportError:
-        framework = "numpy"
-    rows, shapes = {}, {}
-    with safe_open(str(path), framework=framework) as f:
-        for key in f.keys():  # noqa: SIM118  (safe_open is not iterable)
-            shapes[key] = tuple(f.get_slice(key).get_shape())
-
-    def reader(key: str) -> Row:
-        def row(pad: int) -> np.ndarray:
-            with safe_open(str(path), framework=framework) as f:
-                return _numpy(f.get_slice(key)[pad])
-
-        return row
-
-    for key in shapes:
-        rows[key] = reader(key)
-    return rows, shapes
-
-
-def _h5(source: Path | io.BytesIO) -> tuple[dict, dict]:
-    try:
-        import h5py
-    except ImportError:
-        raise PadAuditError("reading Keras weights needs h5py: pip install h5py") from None
-    data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
-    arrays: dict[str, np.ndarray] = {}
-    with h5py.File(io.BytesIO(data), "r") as f:
-
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and obj.ndim == 2:
-                arrays[name] = obj[()]
-
-        f.visititems(visit)
-    return _readers(arrays)
-
-
-def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings ({"model": {...}}) into dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in state.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, name + "."))
-        elif hasattr(value, "shape"):
-            flat[name] = value
-    return flat
-
-
-def _readers(arrays: Mapping[str, Any]) -> tuple[dict, dict]:
-    rows = {k: (lambda pad, v=v: _numpy(v[pad])) for k, v in arrays.items()}
-    return rows, {k: tuple(int(s) for s in v.shape) for k, v in arrays.items()}
-
-
-def _numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor: bf16 and friends have no NumPy twin
-        value = value.detach().to("cpu")
-        if value.is_floating_point():
-            value = value.float()
-        return value.numpy()
-    if hasattr(value, "numpy"):
-        return np.asarray(value.numpy())
-    return np.asarray(value)
+_TORCH_ZERO = "zero the row before release (state_dict[{key!r}][{pad}] = 0)"
+_KERAS_ZERO = (
+    "zero it before saving: w = layer.get_weights(); w[0][{pad}] = 0; layer.set_weights(w) "
+    "(layer: the Embedding saved as {key!r})"
+)
 
 
 # -- selection ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ through NumPy arrays and turns the measurements into findings.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from .batch import LossPlan, PadBatch, make_batch
 from .errors import PadAuditError
 from .handle import ModelHandle, OptimizerInfo, Table, Trace
 from .hooks import plugin_manager
-from .options import AuditOptions
+from .options import AuditOptions, framework_seed
 from .result import AuditReport, Finding, InvarianceResult, TableResult
 from .tables import (
     NO_PAD,
@@ -28,6 +29,9 @@ from .tables import (
     mismatch_words,
     token_tables,
 )
+
+#: audits seed process-wide generators (torch, TF, Keras): one audit at a time.
+_ONE_AT_A_TIME = threading.RLock()
 
 
 def audit(model: object, **options: Any) -> AuditReport:
@@ -82,7 +86,7 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
         invariance=None,
         test=test,
     )
-    with handle.preserve(opts.seed):
+    with _ONE_AT_A_TIME, handle.preserve(framework_seed(opts.seed)):
         audited = token_tables(handle, batch, tables, opts, report)
         if primary.path not in {t.path for t in audited}:  # the guess was no token table
             batch = _batch_for(handle, opts, audited[0], audited)
@@ -159,6 +163,7 @@ def _train_checks(
     optimizer = handle.make_optimizer(tables, opts.optimizer) if "update" in opts.checks else None
     head_grads = getattr(handle, "head_grads", None)
     start = handle.read_pad_rows(tables)
+    _optimizer_notes(tables, start, optimizer, opts, report)
     rows = start
     first: dict[str, Grads] = {}
     peak = {t.path: Grads() for t in tables}
@@ -223,6 +228,34 @@ def _lookup_words(
     if event == "grad" and t.own_pad and mismatch(t):
         return mismatch_words(handle, t, opts)
     return handle.explain(event, t, opts, None)
+
+
+def _optimizer_notes(
+    tables: list[Table],
+    start: dict[str, np.ndarray],
+    optimizer: OptimizerInfo | None,
+    opts: AuditOptions,
+    report: AuditReport,
+) -> None:
+    """Record each pad row's norm; say which optimizer ran and what weight decay would do."""
+    results = {r.layer: r for r in report.tables}
+    if optimizer is not None and optimizer.note:
+        report.notes.append(optimizer.note)
+    if optimizer is not None and optimizer.origin:
+        report.notes.append(
+            f"update check: {optimizer.name} from {optimizer.origin} (a fresh copy with its "
+            "settings; the model's own optimizer and its state are not touched)"
+        )
+    default = opts.optimizer is None and (optimizer is None or optimizer.origin is None)
+    for t in tables:
+        norm = float(np.linalg.norm(start[t.path]))
+        results[t.path].pad_norm = norm
+        if default and norm > opts.atol and not (optimizer and optimizer.weight_decay):
+            report.notes.append(
+                f"{t.path}: the pad row is not zero (|row| = {norm:.3g}); an optimizer with "
+                "weight decay would move this row by lr*wd*|row| per step; pass optimizer= "
+                "to check"
+            )
 
 
 def _judge_grad(

@@ -56,6 +56,11 @@ class OptimizerInfo:
     name: str
     weight_decay: float = 0.0
     state: Any = None
+    #: where it came from when ``optimizer=`` was not given and the model carries one
+    #: (e.g. "model.optimizer"); None: the user's ``optimizer=`` or the audit's default.
+    origin: str | None = None
+    #: a line for the report's notes (e.g. why the model's own optimizer was not used).
+    note: str | None = None
 
 
 @dataclass

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from . import causes
 from .errors import PadAuditError
 
 CHECKS = ("grad", "update", "invariance")
 DEFAULT_CHECKS = CHECKS
 LOSSES = ("all", "masked")
 PADDING_SIDES = ("right", "left")
-#: Finding causes that ``allow=`` accepts: reported as allowed instead of failing.
-CAUSES = (
-    "no_padding_idx",
-    "tied",
-    "weight_reuse",
-    "unmasked",
-    "max_norm",
-    "weight_decay",
-    "optimizer",
-    "nonfinite",
-    "invariance",
-    "pad_mismatch",
-)
+#: Finding causes that ``allow=`` accepts (see causes.py, their one owner).
+CAUSES = causes.CODES
 
 
 @dataclass(frozen=True)
@@ -80,11 +73,25 @@ class AuditOptions:
             value = getattr(self, f.name)
             if f.name == "seed" or value != getattr(default, f.name):
                 shown = _jsonable(value)
-                parts.append(f"{f.name}={shown if callable(value) else repr(shown)}")
+                code = callable(value) and not isinstance(value, OptimizerClass)
+                parts.append(f"{f.name}={shown if code else repr(shown)}")
         return f"audit({', '.join(parts)})"
 
 
+def framework_seed(seed: int) -> int:
+    """Fold ``seed`` into [0, 2**31) for torch, TF and Keras seeding; smaller seeds stay.
+
+    Deterministic, so a huge seed reproduces; reports keep the user's seed.
+    """
+    seed = int(seed)
+    while seed >= 2**31:
+        seed = (seed >> 31) ^ (seed & (2**31 - 1))
+    return seed
+
+
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, OptimizerClass):
+        return value.text
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, tuple):
@@ -98,20 +105,20 @@ def _jsonable(value: Any) -> Any:
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _int(name: str, low: int, *, optional: bool = False) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not _is_int(value) or value < low:
             hint = f"an int >= {low}" + (" or None" if optional else "")
             raise PadAuditError(f"{name}={value!r} is not valid: pass {hint}")
         return int(value)
 
     return check
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pad_idx(value: Any) -> int | Mapping[str, int] | None:
@@ -168,7 +175,7 @@ def _from_tokenizer(values: dict[str, Any]) -> None:
 
 def _float(name: str, *, positive: bool) -> Callable[[Any], float]:
     def check(value: Any) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if not ok or value < 0 or (positive and value == 0) or value != value:
             bound = "> 0" if positive else ">= 0"
             raise PadAuditError(f"{name}={value!r} is not valid: pass a float {bound}")
@@ -226,7 +233,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "loss": _choice("loss", LOSSES, callable_ok=True),
     "checks": _names("checks", CHECKS, empty_ok=False),
     "steps": _int("steps", 1),
-    "optimizer": lambda value: value,  # validated by the adapter, which knows the framework
+    "optimizer": lambda value: _optimizer(value),  # the adapter checks what it builds
     "atol": _float("atol", positive=False),
     "rtol": _float("rtol", positive=True),
     "extra_pad": _int("extra_pad", 1, optional=True),
@@ -234,3 +241,102 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "allow": _names("allow", CAUSES, empty_ok=True),
     "tokenizer": _tokenizer,
 }
+
+
+# -- optimizers named by a dotted path (zero-code specs, markers, ini) ----------------------
+class OptimizerClass:
+    """An optimizer class named by a dotted path, with its hyper-parameters.
+
+    Calling it builds the optimizer: ``factory(params)`` for PyTorch, ``factory()`` for Keras.
+    ``text`` is the form the user wrote, e.g. ``torch.optim.AdamW(lr=0.01)``.
+    """
+
+    def __init__(self, path: str, cls: Any, kwargs: Mapping[str, Any]) -> None:
+        self.path, self.cls, self.kwargs = path, cls, dict(kwargs)
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        self.text = f"{path}({args})" if args else path
+        self.__name__ = self.__qualname__ = self.text
+
+    def __call__(self, *params: Any) -> Any:
+        return self.cls(*params, **self.kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OptimizerClass) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_OPTIMIZER_HINT = (
+    "pass a dotted path to an optimizer class, with hyper-parameters as keywords, "
+    "e.g. 'torch.optim.AdamW(lr=0.01, weight_decay=0.1)' or 'keras.optimizers.AdamW'"
+)
+
+
+def _optimizer(value: Any) -> Any:
+    """Turn a dotted path (``pkg.mod.Class`` or ``pkg.mod.Class(k=v, ...)``) into a factory.
+
+    Anything else is returned as is: the adapter knows its framework's optimizers.
+    """
+    if not isinstance(value, str) or "." not in value:
+        return value
+    try:
+        node = ast.parse(value.strip(), mode="eval").body
+    except SyntaxError:
+        raise PadAuditError(f"optimizer={value!r} is not valid: {_OPTIMIZER_HINT}") from None
+    kwargs: dict[str, Any] = {}
+    if isinstance(node, ast.Call):
+        if node.args or any(k.arg is None for k in node.keywords):
+            raise PadAuditError(f"optimizer={value!r}: {_OPTIMIZER_HINT}")
+        try:
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+        except ValueError:
+            raise PadAuditError(f"optimizer={value!r}: keyword values must be literals") from None
+        node = node.func
+    path = ast.unparse(node)
+    if not all(part.isidentifier() for part in path.split(".")):
+        raise PadAuditError(f"optimizer={value!r} is not valid: {_OPTIMIZER_HINT}")
+    return OptimizerClass(path, _import_class(path, value), kwargs)
+
+
+def _import_class(path: str, value: str) -> Any:
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            raise PadAuditError(
+                f"optimizer={value!r}: {'.'.join(parts[:cut])} has no {'.'.join(parts[cut:])}: "
+                f"{_OPTIMIZER_HINT}"
+            ) from None
+        if not isinstance(obj, type):
+            raise PadAuditError(f"optimizer={value!r} names a {type(obj).__name__}, not a class")
+        return obj
+    raise PadAuditError(f"optimizer={value!r}: cannot import {parts[0]!r}: {_OPTIMIZER_HINT}")
+
+
+def optimizer_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Fold a zero-code spec's optimizer hyper-parameters into ``optimizer=``.
+
+    ``{"optimizer": "torch.optim.AdamW", "lr": 0.01}`` becomes ``{"optimizer":
+    OptimizerClass(AdamW, lr=0.01)}``: names that are no audit option are the optimizer's.
+    """
+    spec = options.get("optimizer")
+    known = {f.name for f in fields(AuditOptions)}
+    extra = {k: v for k, v in options.items() if k not in known}
+    if not isinstance(spec, str) or not extra:
+        return dict(options)
+    built = _optimizer(spec)
+    if not isinstance(built, OptimizerClass):
+        return dict(options)
+    kwargs = {**built.kwargs, **extra}
+    rest = {k: v for k, v in options.items() if k in known}
+    return {**rest, "optimizer": OptimizerClass(built.path, built.cls, kwargs)}

@@ -31,6 +31,7 @@ INI_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "rtol": (float, "relative tolerance of the invariance check (default 1e-4)"),
     "padding_side": (str, "right or left (default right)"),
     "allow": (str.split, "finding causes reported as allowed, e.g. tied"),
+    "optimizer": (str, "optimizer class by dotted path, e.g. torch.optim.AdamW(weight_decay=0.1)"),
 }
 DEFAULTS = pytest.StashKey[dict[str, Any]]()
 REPORTS = pytest.StashKey[list["AuditReport"]]()
@@ -142,6 +143,18 @@ class Auditor:
         __tracebackhide__ = True
         self._item.stash[CALLED] = True
         report = audit_for(self._item, model, options)
+        if not report.passed:
+            raise PadLeakError(report.failure_message(), report)
+        return report
+
+    def checkpoint(self, path_or_state: Any, **options: Any) -> AuditReport:
+        """Audit saved weights (see ``audit_checkpoint``); reported like a model audit."""
+        __tracebackhide__ = True
+        from .checkpoint import audit_checkpoint
+
+        report = audit_checkpoint(path_or_state, **options)
+        report.test = self._item.nodeid
+        self._item.stash.setdefault(REPORTS, []).append(report)
         if not report.passed:
             raise PadLeakError(report.failure_message(), report)
         return report

@@ -102,12 +102,15 @@ def render_text(report: AuditReport) -> str:
     """Return a table: one row per table with each check's measured value and a verdict."""
     data = report.to_dict()
     head = ("layer", "kind", "pad id", "grad max|g|", "update max|Δ|", "verdict")
+    saved = report.kind == "checkpoint"
+    if saved:  # no model ran: the saved pad row's norm and its change against the baseline
+        head = ("key", "shape", "pad id", "pad-row norm", "max|Δ| vs baseline", "verdict")
     rows = [
         (
             t["layer"],
             t["kind"],
             _pad(t),
-            _num(t["grad"]),
+            _num(t["pad_norm"] if saved else t["grad"]),
             _update(t),
             _verdict(t, [f for f in data["findings"] if f["layer"] == t["layer"]])[1],
         )
@@ -115,7 +118,8 @@ def render_text(report: AuditReport) -> str:
     ]
     widths = _widths(head, rows, {}, None)
     lines = [
-        f"padaudit: {report.model} ({report.framework}), seed {report.seed}: "
+        f"padaudit{' checkpoint' if saved else ''}: {report.model} ({report.framework})"
+        f"{_seed(report.seed)}: "
         + ("passed" if report.passed else f"{len(report.leaks)} finding(s)"),
         *_heading(head, widths),
         *_align(rows, widths),
@@ -130,6 +134,10 @@ def render_text(report: AuditReport) -> str:
     lines += [f"note: {n}" for n in report.notes]
     lines += [f"finding: [{f.check}] {f.layer}: {f.message}" for f in report.findings]
     return "\n".join(lines)
+
+
+def _seed(seed: int | None) -> str:
+    return "" if seed is None else f", seed {seed}"
 
 
 def failure_message(report: AuditReport) -> str:
@@ -151,8 +159,9 @@ def failure_message(report: AuditReport) -> str:
             "",
         ]
     lines += [
-        f"reproduce: {report.reproduce}   or   pytest --padaudit-seed={report.seed}",
-        f"batch: {report.batch_text}",
+        f"reproduce: {report.reproduce}"
+        + ("" if report.seed is None else f"   or   pytest --padaudit-seed={report.seed}"),
+        *([f"batch: {report.batch_text}"] if report.batch_text else []),
     ]
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
@@ -346,16 +355,19 @@ def render_markdown(audits: Sequence[Audit]) -> str:
                 f"{_md(f['message'])}",
                 f"  - cause: {_md(f['why'])}",
                 f"  - fix: {_md(f['fix'])}",
-                f"  - reproduce: `{audit['reproduce']}` or "
-                f"`pytest --padaudit-seed={audit['seed']}`",
+                f"  - reproduce: `{audit['reproduce']}`" + _md_rerun(audit["seed"]),
             ]
         lines += ["", "</details>"]
     return "\n".join([*lines, ""])
 
 
+def _md_rerun(seed: int | None) -> str:
+    return "" if seed is None else f" or `pytest --padaudit-seed={seed}`"
+
+
 def audit_line(audit: Audit) -> str:
     """Return one line that sums up an audit: model, seed, verdict and each leak."""
-    head = f"{audit['model']} ({audit['framework']}), seed {audit['seed']}"
+    head = f"{audit['model']} ({audit['framework']}){_seed(audit['seed'])}"
     leaks = [f for f in audit["findings"] if not f["allowed"]]
     if not leaks:
         return f"{head}: passed ({_plural(len(audit['tables']), 'table')})"
@@ -374,14 +386,18 @@ def reproduction(audit: Audit) -> str:
     """Return what repeats a failed audit: seed, call, options and the batch's ids."""
     batch = audit["batch"]
     test = audit.get("test")
-    rerun = f"pytest '{test}' --padaudit-seed={audit['seed']}" if test else ""
+    seeded = audit["seed"] is not None
+    rerun = f"pytest '{test}'" + (f" --padaudit-seed={audit['seed']}" if seeded else "")
     lines = [
-        f"model:     {audit['model']} ({audit['framework']}), seed {audit['seed']}",
+        f"model:     {audit['model']} ({audit['framework']}){_seed(audit['seed'])}",
         f"reproduce: {audit['reproduce']}",
-        *([f"rerun:     {rerun}"] if rerun else []),
+        *([f"rerun:     {rerun}"] if test else []),
         f"options:   {json.dumps(primitives(audit['options']), sort_keys=True)}",
-        f"batch:     pad id {batch['pad_idx']}, {batch['padding_side']} padding, "
-        f"lengths {batch['lengths']}, seed {batch['seed']}; ids:",
-        *(f"  {ids}" for ids in batch["ids"]),
     ]
+    if batch:  # a checkpoint audit has no batch
+        lines += [
+            f"batch:     pad id {batch['pad_idx']}, {batch['padding_side']} padding, "
+            f"lengths {batch['lengths']}, seed {batch['seed']}; ids:",
+            *(f"  {ids}" for ids in batch["ids"]),
+        ]
     return "\n".join(lines)

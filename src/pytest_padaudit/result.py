@@ -42,6 +42,8 @@ class TableResult:
     update: float | None = None
     update_cause: str | None = None
     tied_with: list[str] = field(default_factory=list)
+    #: the L2 norm of the pad row before the audit (checkpoints: as saved).
+    pad_norm: float | None = None
 
     @property
     def audited(self) -> bool:
@@ -72,7 +74,8 @@ class AuditReport:
     framework: str
     model: str
     options: dict[str, Any]
-    seed: int
+    #: the seed of the synthetic batch (None: a checkpoint audit, which runs no model).
+    seed: int | None
     reproduce: str
     batch: dict[str, Any]
     batch_text: str
@@ -81,6 +84,8 @@ class AuditReport:
     invariance: InvarianceResult | None = None
     notes: list[str] = field(default_factory=list)
     test: str | None = None
+    #: "model" (:func:`audit`) or "checkpoint" (:func:`audit_checkpoint`).
+    kind: str = "model"
 
     @property
     def passed(self) -> bool:
@@ -107,6 +112,7 @@ class AuditReport:
         """Return the report as JSON primitives."""
         return {
             "test": self.test,
+            "kind": self.kind,
             "framework": self.framework,
             "model": self.model,
             "passed": self.passed,

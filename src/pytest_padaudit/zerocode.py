@@ -43,7 +43,7 @@ def addoption(group: Any) -> None:
         metavar="PATH[?OPTIONS]",
         help="check the pad rows of saved weights (state_dict, .safetensors, .weights.h5, "
         ".keras) as a generated test item; repeatable. OPTIONS as for audit_checkpoint: "
-        "expect, pad_idx, keys, baseline, atol (e.g. 'ft.pt?baseline=base.pt&pad_idx=1')",
+        "expect, pad_idx, keys, baseline, atol, allow (e.g. 'ft.pt?baseline=base.pt&pad_idx=1')",
     )
 
 
@@ -161,10 +161,11 @@ class ZeroCode:
 
 def _model_item(session: pytest.Session, spec: str, search: list[Path]) -> pytest.Item:
     from .engine import find_handle
-    from .options import AuditOptions
+    from .options import AuditOptions, optimizer_options
 
     target, options = parse_spec(spec, MODEL_OPTION)
     try:
+        options = optimizer_options(options)  # ?optimizer=torch.optim.AdamW&lr=0.01
         AuditOptions.from_kwargs(**options)
     except PadAuditError as exc:
         raise PadAuditError(f"{MODEL_OPTION}={spec}: {exc}") from None
@@ -182,7 +183,7 @@ def _model_item(session: pytest.Session, spec: str, search: list[Path]) -> pytes
 
 def _checkpoint_item(session: pytest.Session, spec: str, base: Path) -> pytest.Item:
     target, options = parse_spec(spec, CHECKPOINT_OPTION)
-    known = {"expect", "pad_idx", "keys", "baseline", "atol"}
+    known = {"expect", "pad_idx", "keys", "baseline", "atol", "allow"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise PadAuditError(
@@ -244,8 +245,11 @@ class CheckpointItem(_ZeroCodeItem):
 
     def runtest(self) -> None:
         from .checkpoint import audit_checkpoint
+        from .plugin import REPORTS
 
         report = audit_checkpoint(self.file, **self.options)
+        report.test = self.nodeid  # reported like a model audit (--padaudit-report, JUnit)
+        self.stash.setdefault(REPORTS, []).append(report)
         self.add_report_section("call", "padaudit", str(report))
         if not report.passed:
             pytest.fail(report.failure_message(), pytrace=False)

@@ -300,6 +300,12 @@ class KerasHandle:
                 output = self.forward(kb)
             total = self.loss(output, kb, plan)
         grads = tape.gradient(total, [*targets, *calls.outputs()])
+        if callable(self.options.loss) and all(g is None for g in grads):
+            raise PadAuditError(
+                "the loss= callable's result does not depend on the embedding tables, so no "
+                "gradient can reach a pad row: pass loss=callable(output, batch) that computes "
+                "a scalar from the output"
+            )
         by_var = dict(zip(map(id, targets), grads[: len(targets)], strict=True))
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
         pads = {t.path: t.pad_idx for t in tables}
@@ -325,6 +331,10 @@ class KerasHandle:
         variables = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
         if not variables:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
+        origin = None
+        carried = getattr(self.model, "optimizer", None)  # a compiled model's own optimizer
+        if spec is None and callable(getattr(carried, "apply_gradients", None)):
+            spec, origin = carried, "model.optimizer (model.compile)"
         optimizer = build_optimizer(self.keras, spec)
         decay = float(getattr(optimizer, "weight_decay", None) or 0.0)
         uses = getattr(optimizer, "_use_weight_decay", None)
@@ -335,14 +345,14 @@ class KerasHandle:
         light = [row for row in self._row_tables() if row[0] in wanted]
         if elementwise(self.keras, optimizer) and len(light) == len(tables):
             self._stepper = PadRowStepper(self.keras, optimizer, light)
-            return OptimizerInfo(name, decay, self._stepper)
+            return OptimizerInfo(name, decay, self._stepper, origin)
         saved = {id(v) for v, _ in self._saved}  # it steps the real tables: save them whole
         self._saved += [
             (table, tf.identity(table))
             for _, table, _ in self._row_tables()
             if id(table) not in saved
         ]
-        return OptimizerInfo(name, decay, optimizer)
+        return OptimizerInfo(name, decay, optimizer, origin)
 
     def step(self, optimizer: OptimizerInfo) -> None:
         if isinstance(optimizer.state, PadRowStepper):

@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
 from ..handle import OptimizerInfo, Table, Trace, output_leaves, pad_for, pad_source
 from ..options import AuditOptions
-from .torch_optim import PadRowStepper, pad_row_grad
+from .torch_optim import PadRowStepper, carried_optimizer, pad_row_grad
+from .torch_params import is_leaf as _is_leaf
+from .torch_params import weight as _weight
 from .torch_tables import ROOT, Lookups, check_usable, compiled, uncompiled, untied
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
@@ -74,6 +77,10 @@ class TorchHandle:
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: the audited layers' own ``sparse`` flags; audits run them sparse where they can.
         self._sparse: list[tuple[nn.Module, bool]] = []
+        #: the last train pass (batch, plan, loss), re-run by closure optimizers (LBFGS).
+        self._last: tuple[PadBatch, LossPlan, torch.Tensor] | None = None
+        #: per computed table (parametrization, weight_norm): the weights its calls used.
+        self._computed: dict[str, list[torch.Tensor]] = {}
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | None) -> list[Table]:
@@ -209,7 +216,7 @@ class TorchHandle:
             random.setstate(py_state)
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
-        return {t.path: _to_numpy(self._layers[t.path].weight[t.pad_idx]) for t in tables}
+        return {t.path: _to_numpy(_weight(self._layers[t.path])[t.pad_idx]) for t in tables}
 
     # -- passes ----------------------------------------------------------------------
     def _tensors(self, batch: PadBatch) -> TorchBatch:
@@ -248,6 +255,8 @@ class TorchHandle:
                     f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
                     "that returns a scalar tensor"
                 )
+            if not value.requires_grad:
+                raise PadAuditError(_CONSTANT_LOSS)
             return value.reshape(())
         tensors = list(floating_tensors(output))
         if not tensors:
@@ -262,7 +271,7 @@ class TorchHandle:
             )
         total = torch.zeros((), device=tensors[0].device)
         for index, tensor in enumerate(tensors):
-            weights = torch.from_numpy(plan.weights(index, tuple(tensor.shape)))
+            weights = torch.from_numpy(np.asarray(plan.weights(index, tuple(tensor.shape))))
             total = total + (tensor.float() * weights.to(tensor.device)).sum()
         return total
 
@@ -271,7 +280,11 @@ class TorchHandle:
             p.grad = None
         tb = self._tensors(batch)
         output = self._forward(tb)
-        self._loss(output, tb, plan).backward()
+        loss = self._loss(output, tb, plan)
+        loss.backward()
+        if not any(p.grad is not None for p in self.model.parameters()):
+            raise PadAuditError(_CONSTANT_LOSS)
+        self._last = (batch, plan, loss.detach())
         return tb, output
 
     def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
@@ -293,6 +306,14 @@ class TorchHandle:
                     t.copy_(value)
         return recorder.unique()
 
+    def _closure(self) -> torch.Tensor:
+        """Re-run the last train pass and return its loss (LBFGS-style ``step(closure)``)."""
+        assert self._last is not None
+        batch, plan, _ = self._last
+        with torch.enable_grad():
+            self._backward(batch, plan)
+        return self._last[2]
+
     def train_pass(
         self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
     ) -> dict[str, np.ndarray | None]:
@@ -304,8 +325,18 @@ class TorchHandle:
         """
         self.model.train()
         self._heads = {}
-        with untied(self.model, self._layers, tables) as leaves:
-            self._backward(batch, plan)
+        self._computed = {}
+        hooks = [
+            layer.register_forward_pre_hook(self._keep_weight(t.path))
+            for t in tables
+            if not _is_leaf(layer := self._layers[t.path])
+        ]
+        try:
+            with untied(self.model, self._layers, tables) as leaves, parametrize.cached():
+                self._backward(batch, plan)
+        finally:
+            for hook in hooks:
+                hook.remove()
         grads = {t.path: self._pad_grad(t) for t in tables}
         for t in tables:
             parts = [leaf.grad for leaf in leaves.get(t.path, ()) if leaf.grad is not None]
@@ -322,19 +353,39 @@ class TorchHandle:
     def head_grads(self) -> dict[str, np.ndarray]:
         return dict(self._heads)
 
+    def _keep_weight(self, path: str) -> Callable[[nn.Module, Any], None]:
+        """Keep the computed weight a call uses, so its gradient can be read."""
+
+        def keep(module: nn.Module, args: Any) -> None:
+            weight = module.weight
+            if weight.requires_grad:
+                weight.retain_grad()
+                self._computed.setdefault(path, []).append(weight)
+
+        return keep
+
     def _pad_grad(self, table: Table) -> np.ndarray | None:
+        if table.path in self._computed:  # a parametrized table: its computed weight's grad
+            rows = [w.grad[table.pad_idx] for w in self._computed[table.path] if w.grad is not None]
+            return _to_numpy(sum(rows[1:], rows[0])) if rows else None
         grad = pad_row_grad(self._layers[table.path].weight, table.pad_idx)
         return None if grad is None else _to_numpy(grad)
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
         pairs = {}
         for t in tables:
-            weight = self._layers[t.path].weight
-            if weight.requires_grad:
-                pairs[(id(weight), t.pad_idx)] = (weight, t.pad_idx)
+            layer = self._layers[t.path]
+            for weight in [layer.weight] if _is_leaf(layer) else layer.parameters():
+                if weight.requires_grad:
+                    pairs[(id(weight), t.pad_idx)] = (weight, t.pad_idx)
         if not pairs:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
-        stepper = PadRowStepper(list(pairs.values()), spec)
+        computed = not all(_is_leaf(self._layers[t.path]) for t in tables)
+        origin = note = None
+        if spec is None:  # the model's own optimizer when it carries one (Lightning)
+            spec, note = carried_optimizer(self.model, [w for w, _ in pairs.values()])
+            origin = None if spec is None else f"{self.model_class}.configure_optimizers()"
+        stepper = PadRowStepper(list(pairs.values()), spec, full=computed)
         if stepper.full:  # it steps the real tables: save them whole, give them dense grads
             whole = {id(p) for p, _ in self._saved}
             for weight, _ in pairs.values():
@@ -343,11 +394,11 @@ class TorchHandle:
                     whole.add(id(weight))
             for layer, flag in self._sparse:  # and the gradients the user's training gives
                 layer.sparse = flag
-        return OptimizerInfo(stepper.name, stepper.weight_decay, stepper)
+        return OptimizerInfo(stepper.name, stepper.weight_decay, stepper, origin, note)
 
     def step(self, optimizer: OptimizerInfo) -> None:
         if optimizer.state is not None:
-            optimizer.state.step()
+            optimizer.state.step(self._closure)
 
     @contextmanager
     def _quiet(self) -> Iterator[None]:
@@ -418,7 +469,8 @@ def _can_be_sparse(layer: nn.Module) -> bool:
     """Say whether a table can give sparse gradients (O(tokens), not O(vocab))."""
     weight = layer.weight
     return (
-        not getattr(weight, "_backward_hooks", None)  # the user's hooks expect dense grads
+        _is_leaf(layer)
+        and not getattr(weight, "_backward_hooks", None)  # the user's hooks expect dense grads
         and not getattr(weight, "_post_accumulate_grad_hooks", None)
         and weight.layout == torch.strided
         and weight.device.type in ("cpu", "cuda")
@@ -432,9 +484,10 @@ def _reachable_rows(
     """Map each audited table's weight to the rows the invariance check compares."""
     reach = {}
     for t in tables:
-        weight = layers[t.path].weight
         rows = batch.reachable_rows(t.rows, t.pad_idx)
-        reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
+        for weight in layers[t.path].parameters():  # a parametrized table: its originals
+            if weight.dim() and weight.shape[0] == t.rows:
+                reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
     return reach
 
 
@@ -450,6 +503,12 @@ def _rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         hit = index[at] == rows
         out[hit] = values[at[hit]]
     return out
+
+
+_CONSTANT_LOSS = (
+    "the loss does not depend on any trainable parameter of the model, so no gradient can "
+    "be measured: pass loss=callable(output, batch) that computes a scalar from the output"
+)
 
 
 def _tied_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:

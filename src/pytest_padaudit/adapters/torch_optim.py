@@ -9,7 +9,7 @@ Adafactor, a subclass with its own step) is stepped on the real tables.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -61,11 +61,13 @@ class PadRowStepper:
     whose gradients must be dense and whose weights the caller must snapshot.
     """
 
-    def __init__(self, weights: Sequence[tuple[nn.Parameter, int]], spec: Any) -> None:
+    def __init__(
+        self, weights: Sequence[tuple[nn.Parameter, int]], spec: Any, *, full: bool = False
+    ) -> None:
         self.weights = list(weights)
         self.proxies = [nn.Parameter(w.detach()[pad : pad + 1].clone()) for w, pad in weights]
         self.optimizer = build_optimizer(self.proxies, [w for w, _ in weights], spec)
-        self.full = type(self.optimizer) not in ELEMENTWISE
+        self.full = full or type(self.optimizer) not in ELEMENTWISE
         if self.full:
             self.proxies = []
             self.optimizer = build_optimizer([w for w, _ in weights], None, spec)
@@ -78,11 +80,22 @@ class PadRowStepper:
     def weight_decay(self) -> float:
         return float(max(g.get("weight_decay", 0.0) or 0.0 for g in self.optimizer.param_groups))
 
-    def step(self) -> None:
-        """Apply one step with the gradients of the last backward pass."""
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:
+        """Apply one step with the gradients of the last backward pass.
+
+        ``closure`` re-runs that pass; optimizers whose ``step`` needs one (LBFGS) get it.
+        """
         if self.full:
             try:
-                self.optimizer.step()
+                if _needs_closure(self.optimizer):
+                    if closure is None:
+                        raise PadAuditError(
+                            f"{self.name}.step() needs a closure that re-runs the model: pass "
+                            "an optimizer whose step() takes none (SGD, AdamW, ...)"
+                        )
+                    self.optimizer.step(closure)
+                else:
+                    self.optimizer.step()
             except RuntimeError as exc:
                 raise PadAuditError(
                     f"{self.name} could not step the embedding tables ({exc}); training with "
@@ -100,6 +113,54 @@ class PadRowStepper:
         with torch.no_grad():
             for proxy, (weight, pad) in zip(self.proxies, self.weights, strict=True):
                 weight[pad : pad + 1] = proxy
+
+
+def carried_optimizer(
+    model: nn.Module, weights: Sequence[nn.Parameter]
+) -> tuple[torch.optim.Optimizer | None, str | None]:
+    """Return the optimizer a model builds for itself (LightningModule-style
+    ``configure_optimizers()``), preferring one that holds the tables, and a note when
+    there is one but it could not be built. Only its class and hyper-parameters are used
+    (build_optimizer copies them); the instance is never stepped.
+    """
+    configure = getattr(model, "configure_optimizers", None)
+    if not callable(configure):
+        return None, None
+    try:
+        built = configure()
+    except Exception as exc:  # e.g. it reads self.trainer, which a bare module lacks
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return None, (
+            f"update check: {type(model).__qualname__}.configure_optimizers() raised "
+            f"{type(exc).__name__} ({first}), so the audit's default SGD(lr=1) stepped; pass "
+            "optimizer= your optimizer (class, instance or factory) to check with it"
+        )
+    found = list(_optimizers(built))
+    wanted = {id(w) for w in weights}
+    for optimizer in found:
+        if any(id(p) in wanted for g in optimizer.param_groups for p in g["params"]):
+            return optimizer, None
+    return (found[0] if found else None), None
+
+
+def _optimizers(value: Any, depth: int = 0) -> Iterator[torch.optim.Optimizer]:
+    """Yield the optimizers in what configure_optimizers() returned (lists, dicts, tuples)."""
+    if isinstance(value, torch.optim.Optimizer):
+        yield value
+    elif isinstance(value, Mapping) and depth < 4:
+        yield from _optimizers(value.get("optimizer"), depth + 1)
+    elif isinstance(value, (list, tuple)) and depth < 4:
+        for item in value:
+            yield from _optimizers(item, depth + 1)
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Say whether ``optimizer.step`` requires a closure argument (LBFGS)."""
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 def build_optimizer(

@@ -1,0 +1,149 @@
+"""Read checkpoints for :mod:`pytest_padaudit.checkpoint`: row readers and shapes per key.
+
+PyTorch ``state_dict`` files are read with ``torch.load(weights_only=True)`` (never a full
+unpickle); ``.safetensors`` and Keras ``.weights.h5`` / ``.keras`` files read only the row
+asked for where the format allows it. Frameworks and h5py are imported only when needed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PadAuditError
+
+Row = Callable[[int], np.ndarray]
+
+
+def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, dict, dict]:
+    """Return (name, key -> row reader, key -> shape) for a checkpoint or a mapping."""
+    if isinstance(source, Mapping):
+        flat = flatten(source)
+        return "(state dict)", *_readers(flat)
+    if not isinstance(source, (str, os.PathLike)):
+        raise PadAuditError(
+            f"cannot read a checkpoint from a {type(source).__name__}: pass a file path or "
+            "a mapping of names to arrays (a state_dict)"
+        )
+    path = Path(source)
+    if not path.is_file():
+        raise PadAuditError(f"checkpoint {str(path)!r} does not exist: pass the path of a file")
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
+        return str(path), *_safetensors(path)
+    if name.endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            if "model.weights.h5" not in archive.namelist():
+                raise PadAuditError(f"{path} holds no model.weights.h5: pass a Keras 3 .keras file")
+            data = io.BytesIO(archive.read("model.weights.h5"))
+        return str(path), *_h5(data)
+    if name.endswith((".h5", ".hdf5")):
+        return str(path), *_h5(path)
+    return str(path), *_readers(flatten(_torch_load(path)))
+
+
+def _torch_load(path: Path) -> Mapping[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        raise PadAuditError(
+            f"reading {path} needs PyTorch: install torch, or save the weights as "
+            ".safetensors or .weights.h5"
+        ) from None
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PadAuditError(
+            f"torch.load({str(path)!r}, weights_only=True) refused the file ({first}): padaudit "
+            "never unpickles arbitrary objects. Save the weights alone: "
+            "torch.save(model.state_dict(), path), or save_file() from safetensors"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise PadAuditError(
+            f"{path} holds a {type(state).__name__}, not a state_dict: save "
+            "model.state_dict(), or pass the mapping of names to tensors"
+        )
+    return state
+
+
+def _safetensors(path: Path) -> tuple[dict, dict]:
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise PadAuditError(f"reading {path} needs safetensors: pip install safetensors") from None
+    try:
+        import torch  # noqa: F401  (bf16 tensors need it)
+
+        framework = "pt"
+    except ImportError:
+        framework = "numpy"
+    rows, shapes = {}, {}
+    with safe_open(str(path), framework=framework) as f:
+        for key in f.keys():  # noqa: SIM118  (safe_open is not iterable)
+            shapes[key] = tuple(f.get_slice(key).get_shape())
+
+    def reader(key: str) -> Row:
+        def row(pad: int) -> np.ndarray:
+            with safe_open(str(path), framework=framework) as f:
+                return _numpy(f.get_slice(key)[pad])
+
+        return row
+
+    for key in shapes:
+        rows[key] = reader(key)
+    return rows, shapes
+
+
+def _h5(source: Path | io.BytesIO) -> tuple[dict, dict]:
+    try:
+        import h5py
+    except ImportError:
+        raise PadAuditError("reading Keras weights needs h5py: pip install h5py") from None
+    data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(io.BytesIO(data), "r") as f:
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 2:
+                arrays[name] = obj[()]
+
+        f.visititems(visit)
+    return _readers(arrays)
+
+
+def flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings ({"model": {...}}) into dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        elif hasattr(value, "shape"):
+            flat[name] = value
+    return flat
+
+
+def _readers(arrays: Mapping[str, Any]) -> tuple[dict, dict]:
+    rows = {k: (lambda pad, v=v: _numpy(v[pad])) for k, v in arrays.items()}
+    return rows, {k: tuple(int(s) for s in v.shape) for k, v in arrays.items()}
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor: bf16 and friends have no NumPy twin
+        value = value.detach().to("cpu")
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    return np.asarray(value)
