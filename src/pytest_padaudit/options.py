@@ -23,6 +23,7 @@ CAUSES = (
     "optimizer",
     "nonfinite",
     "invariance",
+    "not_checked",
 )
 
 

@@ -29,7 +29,6 @@ from .keras_calls import (
     keras_mask,
     named_layers,
     pad_row,
-    real,
     recorded_calls,
     select_rows,
     tf_variable,
@@ -238,6 +237,13 @@ class KerasHandle:
         text = " ".join(text.split())[:400]
         width = kb.numpy.shape[1]
         fixed = _fixed_seq_len(self.model)
+        if fixed is not None and fixed != width and kb.numpy.extra:
+            return (
+                f"{self.model_class} takes sequences of exactly {fixed} tokens (its Input "
+                f"has shape (None, {fixed})), so it cannot take the invariance check's batch "
+                f"of {kb.numpy.base_len} + {kb.numpy.extra} pad columns "
+                f"({type(exc).__name__}: {text})"
+            )
         if fixed is not None and fixed != width:
             return (
                 f"{self.model_class} takes sequences of exactly {fixed} tokens (its Input "
@@ -251,7 +257,7 @@ class KerasHandle:
             "inputs, pass forward=lambda model, batch: model(batch.ids, "
             "training=batch.training) (batch has ids, mask, lengths, pad_idx, training)"
         )
-        if _SHAPE_ERROR.search(text):
+        if _SHAPE_ERROR.search(text) and not kb.numpy.extra:
             message += "\n  If the model needs a fixed sequence length, pass seq_len= that length"
         return message
 
@@ -361,13 +367,29 @@ class KerasHandle:
         elif optimizer.state is not None and self._grads:  # dense: no scatter into tables
             optimizer.state.apply_gradients([(tf.convert_to_tensor(g), v) for g, v in self._grads])
 
+    def reset(self) -> None:
+        """Put the variables back as preserve() found them; drop stepped rows and grads."""
+        for var, value in self._saved:
+            var.assign(value)
+        self._grads = []
+        self._stepper = None
+
     def invariance_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+        self,
+        batch: PadBatch,
+        plan: LossPlan,
+        tables: Sequence[Table],
+        perturb: int | None = None,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Return every variable's gradient and the FULL outputs (the engine cuts them).
+
+        ``perturb``: replace what the token tables emit at pad positions with seeded noise.
+        """
         variables = self._require_trainable()
         kb = self.tensors(batch, training=False)
         with tf.GradientTape() as tape:
-            output = self.forward(kb)
+            with self._noise_at_pads(tables, perturb):
+                output = self.forward(kb)
             total = self.loss(output, kb, plan)
         grads = tape.gradient(total, variables)
         reach = self._reachable_rows(batch, tables)
@@ -377,8 +399,46 @@ class KerasHandle:
                 continue
             rows = reach.get(id(var))
             result[name] = select_rows(grad, rows) if rows is not None else dense(grad)
-        outputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors(output)]
-        return result, outputs
+        return result, [to_numpy(t) for t in floating_tensors(output)]
+
+    @contextmanager
+    def _noise_at_pads(self, tables: Sequence[Table], seed: int | None) -> Iterator[None]:
+        """Replace each token table's vectors at its pad id with seeded noise of its scale.
+
+        The scale is the standard deviation of the vectors it emits at the other ids.
+        Raise :class:`PadAuditError` when no table emitted a vector at a pad position.
+        """
+        if seed is None:
+            yield
+            return
+        number = {t.path: (k, t.pad_idx) for k, t in enumerate(tables)}
+        calls: dict[str, int] = {}
+
+        def noise(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+            ids = args[0] if args else kwargs.get("inputs")
+            if not (tf.is_tensor(ids) and tf.is_tensor(out)):
+                return None
+            if out.shape.rank != ids.shape.rank + 1 or not out.dtype.is_floating:
+                return None
+            at = tf.equal(tf.cast(ids, tf.int64), number[path][1])
+            if not bool(tf.reduce_any(at)):
+                return None
+            calls[path] = calls.get(path, 0) + 1
+            others = tf.cast(tf.boolean_mask(out, tf.logical_not(at)), tf.float32)
+            scale = float(tf.math.reduce_std(others)) if others.shape.num_elements() else 1.0
+            scale = scale if scale > 0 and np.isfinite(scale) else 1.0
+            rng = np.random.default_rng([seed, 104729, number[path][0], calls[path]])
+            values = tf.constant(rng.normal(0.0, scale, tuple(out.shape)), out.dtype)
+            return tf.where(at[..., None], values, out)
+
+        with recorded_calls([(t.path, self._layers[t.path]) for t in tables], noise):
+            yield
+        if not calls:
+            names = ", ".join(t.path for t in tables) or "none"
+            raise PadAuditError(
+                f"no token table ({names}) emitted a vector at a pad position: only "
+                "Embedding lookups of the pad id can be replaced"
+            )
 
     def _reachable_rows(self, batch: PadBatch, tables: Sequence[Table]) -> dict[int, np.ndarray]:
         """Map each audited table's variables to the rows the invariance check compares."""
@@ -390,16 +450,18 @@ class KerasHandle:
                     reach[id(var)] = rows
         return reach
 
-    def trace(self, batch: PadBatch) -> Trace:
+    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+        """Record each layer's full floating inputs and outputs (``perturb``: as above)."""
         trace = Trace(owner=self.model_class)
         kb = self.tensors(batch, training=False)
 
         def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            inputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors([args, kwargs])]
-            outputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors(out)]
+            inputs = [to_numpy(t) for t in floating_tensors([args, kwargs])]
+            outputs = [to_numpy(t) for t in floating_tensors(out)]
             trace.entries.append((path, inputs, outputs))
 
-        with recorded_calls(self._traced_layers(), record):
+        noise = self._noise_at_pads(self._audited, perturb)
+        with noise, recorded_calls(self._traced_layers(), record):
             self.forward(kb)
         return trace
 

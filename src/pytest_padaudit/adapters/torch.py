@@ -65,6 +65,8 @@ class TorchHandle:
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: the audited layers' own ``sparse`` flags; audits run them sparse where they can.
         self._sparse: list[tuple[nn.Module, bool]] = []
+        #: puts the state preserve() saved back, while preserve() is active (reset()).
+        self._restore: Callable[[], None] | None = None
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | None) -> list[Table]:
@@ -153,6 +155,17 @@ class TorchHandle:
         self._sparse = [(layer, layer.sparse) for layer in layers.values()]
         devices = [d for d in {p.device for p in params} if d.type == "cuda"]
         np_state, py_state = np.random.get_state(), random.getstate()
+
+        def restore() -> None:
+            with torch.no_grad():
+                for weight, pad, row in rows:
+                    weight[pad] = row
+                for p, value in self._saved:
+                    p.copy_(value)
+                for b, value in buffers:
+                    b.copy_(value)
+
+        self._restore = restore
         try:
             with torch.random.fork_rng(devices=devices), torch.enable_grad():
                 torch.default_generator.manual_seed(seed)
@@ -165,13 +178,8 @@ class TorchHandle:
                     layer.sparse = layer.sparse or _can_be_sparse(layer)
                 yield
         finally:
-            with torch.no_grad():
-                for weight, pad, row in rows:
-                    weight[pad] = row
-                for p, value in self._saved:
-                    p.copy_(value)
-                for b, value in buffers:
-                    b.copy_(value)
+            restore()
+            self._restore = None
             self._saved = []
             for layer, flag in self._sparse:
                 layer.sparse = flag
@@ -181,6 +189,13 @@ class TorchHandle:
                 m.training = training
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+    def reset(self) -> None:
+        """Put parameters, buffers and tables back as preserve() found them (grads None)."""
+        if self._restore is not None:
+            self._restore()
+        for p in self.model.parameters():
+            p.grad = None
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         return {t.path: _to_numpy(self._layers[t.path].weight[t.pad_idx]) for t in tables}
@@ -292,10 +307,18 @@ class TorchHandle:
         yield
 
     def invariance_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+        self,
+        batch: PadBatch,
+        plan: LossPlan,
+        tables: Sequence[Table],
+        perturb: int | None = None,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        with self._quiet():
-            tb, output = self._backward(batch, plan)
+        """Return every parameter's gradient and the FULL outputs (the engine cuts them).
+
+        ``perturb``: replace what the token tables emit at pad positions with seeded noise.
+        """
+        with self._quiet(), self._noise_at_pads(tables, perturb):
+            _, output = self._backward(batch, plan)
         reach = _reachable_rows(batch, tables, self._layers)
         grads = {}
         for name, param in self.model.named_parameters():
@@ -304,47 +327,89 @@ class TorchHandle:
                 continue
             rows = reach.get(id(param))
             grads[name] = _to_numpy(grad if rows is None else _rows_of(grad, rows))
-        outputs = [_to_numpy(_real(t, tb.mask)) for t in floating_tensors(output)]
-        return grads, outputs
+        return grads, [_to_numpy(t) for t in floating_tensors(output)]
 
-    def trace(self, batch: PadBatch) -> Trace:
+    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+        """Record each module's full floating inputs and outputs (``perturb``: as above)."""
         trace = Trace(owner=self.model_class)
         names = {module: path for path, module in self.model.named_modules()}
         tb = self._tensors(batch)
 
-        def real(values: Any) -> list[np.ndarray]:
-            return [_to_numpy(_real(t, tb.mask)) for t in floating_tensors(values)]
+        def full(values: Any) -> list[np.ndarray]:
+            return [_to_numpy(t) for t in floating_tensors(values)]
 
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            trace.entries.append((names.get(module, "?"), real(args), real(output)))
+            trace.entries.append((names.get(module, "?"), full(args), full(output)))
 
         hooks = [m.register_forward_hook(record) for m in self.model.modules()]
         try:
-            with self._quiet(), torch.no_grad():
+            with self._quiet(), torch.no_grad(), self._noise_at_pads(self._audited, perturb):
                 self._forward(tb)
         finally:
             for hook in hooks:
                 hook.remove()
         return trace
 
+    @contextmanager
+    def _noise_at_pads(self, tables: Sequence[Table], seed: int | None) -> Iterator[None]:
+        """Replace each token table's vectors at its pad id with seeded noise of its scale.
+
+        The scale is the standard deviation of the vectors it emits at the other ids.
+        Raise :class:`PadAuditError` when no table emitted a vector at a pad position.
+        """
+        if seed is None:
+            yield
+            return
+        replaced = [0]
+
+        def hook_for(number: int, pad: int) -> Callable[..., Any]:
+            calls = [0]
+
+            def hook(module: nn.Module, args: Any, output: Any) -> Any:
+                ids = args[0] if args else None
+                if not (
+                    isinstance(ids, torch.Tensor)
+                    and isinstance(output, torch.Tensor)
+                    and output.dim() == ids.dim() + 1
+                    and output.shape[:-1] == ids.shape
+                ):
+                    return None
+                at = (ids == pad).unsqueeze(-1)
+                if not bool(at.any()):
+                    return None
+                calls[0] += 1
+                replaced[0] += 1
+                others = output.detach()[~at.squeeze(-1)].float()
+                scale = float(others.std()) if others.numel() > 1 else 1.0
+                scale = scale if scale > 0 and np.isfinite(scale) else 1.0
+                rng = np.random.default_rng([seed, 104729, number, calls[0]])
+                noise = torch.from_numpy(rng.normal(0.0, scale, tuple(output.shape)))
+                return torch.where(at, noise.to(output.device, output.dtype), output)
+
+            return hook
+
+        hooks = [
+            self._layers[t.path].register_forward_hook(hook_for(k, t.pad_idx))
+            for k, t in enumerate(tables)
+            if isinstance(self._layers[t.path], nn.Embedding)
+        ]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+        if not replaced[0]:
+            names = ", ".join(t.path for t in tables) or "none"
+            raise PadAuditError(
+                f"no token table ({names}) emitted a vector at a pad position: only "
+                "nn.Embedding lookups of the pad id can be replaced"
+            )
+
     # -- words -----------------------------------------------------------------------
     def explain(
         self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
     ) -> tuple[str, str, str]:
         return _EXPLAIN[cause](self, table, info)
-
-
-def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Keep the real positions of a (batch, seq, ...), (seq, batch, ...) or (batch, ch, seq)
-    tensor; return any other tensor whole."""
-    b, t = mask.shape
-    if tensor.dim() >= 2 and tuple(tensor.shape[:2]) == (b, t):
-        return tensor[mask]
-    if tensor.dim() >= 2 and tuple(tensor.shape[:2]) == (t, b):
-        return tensor.transpose(0, 1)[mask]
-    if tensor.dim() >= 3 and tensor.shape[0] == b and tensor.shape[-1] == t:
-        return tensor.movedim(-1, 1)[mask]
-    return tensor
 
 
 def _can_be_sparse(layer: nn.Module) -> bool:
