@@ -48,9 +48,11 @@ class OptimizerInfo:
 
 @dataclass
 class Trace:
-    """Module inputs and outputs at real positions, in the order the modules finished.
+    """Module inputs and outputs, in the order the modules finished.
 
-    Each entry is ``(path, inputs, outputs)``; ``owner`` names the model for messages.
+    Each entry is ``(path, inputs, outputs)`` with every floating array FULL (pad positions
+    included); the engine finds the sequence axes by comparing two traces and cuts the
+    real positions itself. ``owner`` names the model for messages.
     """
 
     owner: str = "model"
@@ -105,16 +107,36 @@ class ModelHandle(Protocol):
         """Apply one optimizer step with the gradients of the last :meth:`train_pass`."""
 
     def invariance_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+        self,
+        batch: PadBatch,
+        plan: LossPlan,
+        tables: Sequence[Table],
+        perturb: int | None = None,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """Run forward and backward without train-only randomness.
 
-        Return every parameter's gradient (tables: only the rows real tokens or positions
-        can reach, pad rows left out) and the outputs at real positions.
+        The loss is the sum of each floating output times ``plan.weights(index, shape)``
+        (the plan lays the weights at real positions along the sequence axes). Return
+        every parameter's gradient (tables: the rows ``batch.reachable_rows`` names) and
+        every floating output FULL, in ``output_leaves`` order: the engine cuts the real
+        positions. ``perturb``: replace the vectors the token tables emit at pad positions
+        with seeded noise (seed ``perturb``) of the table's scale; raise PadAuditError
+        when no table emitted one. Adapters without ``perturb`` still work: a model that
+        cannot take the wider batch then gets a ``not_checked`` finding.
         """
 
-    def trace(self, batch: PadBatch) -> Trace:
-        """Run a forward pass recording each module's outputs at real positions."""
+    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+        """Run a forward pass recording each module's FULL inputs and outputs.
+
+        ``perturb`` as in :meth:`invariance_pass` (optional for adapters: without it a
+        perturbation-measured leak is reported without a module name).
+        """
+
+    def reset(self) -> None:
+        """Inside preserve(), put parameters, buffers and tables back as preserve() found
+        them (what its exit restores, minus RNG and modes), so every check measures the
+        user's model; the engine calls it between the train checks and invariance.
+        Optional for third-party adapters."""
 
     def explain(
         self, cause: str, table: Table | None, options: AuditOptions, info: Any = None

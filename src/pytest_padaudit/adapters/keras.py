@@ -470,15 +470,17 @@ class KerasHandle:
 
         Left out: the cells inside an RNN (called once per time step, so step k is a
         different position in each batch) and ``go_backwards`` layers (their sequence
-        output runs backwards; the Bidirectional around one is traced instead).
+        output runs backwards; the Bidirectional around one is traced instead), and the
+        inner layers of a MultiHeadAttention (its softmax over the pad keys is the
+        attention's fault, and the attention is named).
         """
-        rnn = self.keras.layers.RNN
+        units = (self.keras.layers.RNN, self.keras.layers.MultiHeadAttention)
         skipped: list[str] = []
         traced = []
         for path, layer in self.named:
             if any(path.startswith(prefix + ".") for prefix in skipped):
                 continue
-            if isinstance(layer, rnn):
+            if isinstance(layer, units):
                 skipped.append(path)
             if getattr(layer, "go_backwards", False):
                 skipped.append(path)
