@@ -247,6 +247,25 @@ def test_a_check_that_cannot_run_is_not_checked_never_a_pass():
     assert audit(Functional(), checks=INV, allow=("not_checked",)).passed
 
 
+def test_an_output_that_grows_by_more_than_the_pad_columns_is_measured_with_noise():
+    class Flat(nn.Module):  # returns the masked, flattened sequence: (batch, seq * 8)
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(VOCAB, 8, padding_idx=0)
+            self.scale = nn.Parameter(torch.ones(8))
+
+        def forward(self, ids):
+            return (self.embed(ids) * self.scale * (ids != 0).unsqueeze(-1)).flatten(1)
+
+    model = Flat()
+    assert truth_noise(model) < 1e-6  # plain torch: noise at the pads is masked away
+    report = audit(model, checks=INV)
+    assert report.passed, report.failure_message()
+    assert report.invariance.value == 0.0
+    assert any("other than by 8 positions" in n for n in report.notes)
+
+
 # -- item 5: outputs that are not per-token ----------------------------------------------------
 def bert(hidden: int, **config: object) -> nn.Module:
     transformers = pytest.importorskip("transformers")

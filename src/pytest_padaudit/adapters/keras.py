@@ -411,6 +411,7 @@ class KerasHandle:
         if seed is None:
             yield
             return
+        tables = [t for t in tables if getattr(t, "token", None) is not False]
         number = {t.path: (k, t.pad_idx) for k, t in enumerate(tables)}
         calls: dict[str, int] = {}
 
@@ -421,15 +422,15 @@ class KerasHandle:
             if out.shape.rank != ids.shape.rank + 1 or not out.dtype.is_floating:
                 return None
             at = tf.equal(tf.cast(ids, tf.int64), number[path][1])
-            if not bool(tf.reduce_any(at)):
+            if tf.executing_eagerly() and not bool(tf.reduce_any(at)):
                 return None
             calls[path] = calls.get(path, 0) + 1
             others = tf.cast(tf.boolean_mask(out, tf.logical_not(at)), tf.float32)
-            scale = float(tf.math.reduce_std(others)) if others.shape.num_elements() else 1.0
-            scale = scale if scale > 0 and np.isfinite(scale) else 1.0
-            rng = np.random.default_rng([seed, 104729, number[path][0], calls[path]])
-            values = tf.constant(rng.normal(0.0, scale, tuple(out.shape)), out.dtype)
-            return tf.where(at[..., None], values, out)
+            scale = tf.math.reduce_std(others)
+            scale = tf.where(tf.math.is_finite(scale) & (scale > 0), scale, 1.0)
+            key = [seed % (2**31 - 1), 104729 * (number[path][0] + 1) + calls[path]]
+            values = tf.random.stateless_normal(tf.shape(out), key) * scale
+            return tf.where(at[..., None], tf.cast(values, out.dtype), out)
 
         with recorded_calls([(t.path, self._layers[t.path]) for t in tables], noise):
             yield

@@ -388,6 +388,7 @@ class TorchHandle:
 
             return hook
 
+        tables = [t for t in tables if getattr(t, "token", None) is not False]
         hooks = [
             self._layers[t.path].register_forward_hook(hook_for(k, t.pad_idx))
             for k, t in enumerate(tables)
