@@ -404,3 +404,26 @@ def test_batchnorm_over_pads_names_the_norm(dim):
     found = invariance(report)
     assert report.invariance.first_module == "norm" and found.layer == "norm"
     assert "batch statistics" in found.why
+
+
+@pytest.mark.parametrize(("dim", "passes"), [(8, 2), (T, 3), (T + EXTRA, 2)])
+def test_two_passes_in_the_common_case_one_more_when_the_guess_was_wrong(dim, passes, monkeypatch):
+    from pytest_padaudit.adapters.torch import TorchHandle
+
+    calls = []
+    original = TorchHandle.invariance_pass
+
+    def counted(self, batch, plan, tables, perturb=None):
+        calls.append(batch.shape)
+        return original(self, batch, plan, tables, perturb)
+
+    monkeypatch.setattr(TorchHandle, "invariance_pass", counted)
+
+    class Pooled(MeanPool):  # (batch, dim) pooled output: dim == seq_len looks per-token
+        def forward(self, ids):
+            x = self.embed(ids) * (ids != 0).unsqueeze(-1)
+            return x.sum(1)
+
+    report = audit(Pooled(dim), checks=INV)
+    assert report.passed, report.failure_message()
+    assert len(calls) == passes

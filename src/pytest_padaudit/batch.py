@@ -123,7 +123,9 @@ class LossPlan:
     sees exactly the same weights where tokens are real).
 
     In ``"real"`` mode the sequence axes of output ``index`` are ``axes[index]`` when given
-    (the engine decides them by comparing two runs), else a guess (:func:`guess_axes`);
+    (the engine decides them by comparing two runs), else the axes that grew by
+    ``batch.extra`` since ``base[index]`` (the shape in the base batch's run), else a
+    guess (:func:`guess_axes`);
     :attr:`shapes` and :attr:`used` record what each output looked like and was given.
     """
 
@@ -134,6 +136,7 @@ class LossPlan:
         seed: int,
         only: frozenset[int] | None = None,
         axes: dict[int, tuple[int, ...]] | None = None,
+        base: dict[int, tuple[int, ...]] | None = None,
     ) -> None:
         self.batch = batch
         self.mode = mode
@@ -144,6 +147,9 @@ class LossPlan:
         self.per_token: set[int] = set()
         #: ``"real"`` mode: the sequence axes of each output, decided by the engine.
         self.axes = axes
+        #: ``"real"`` mode, an extended batch: each output's shape in the base batch's run
+        #: (the axes that grew by ``batch.extra`` since are the sequence axes).
+        self.base = base
         #: ``"real"`` mode: each output's shape and the sequence axes its weights used.
         self.shapes: dict[int, tuple[int, ...]] = {}
         self.used: dict[int, tuple[int, ...]] = {}
@@ -180,6 +186,9 @@ class LossPlan:
     ) -> np.ndarray:
         b = self.batch
         given = (self.axes or {}).get(index)
+        before = (self.base or {}).get(index)
+        if given is None and before is not None:
+            given = grown(before, shape, b.extra)
         if given is None or any(s >= len(shape) or shape[s] < b.extra for s in given):
             given = guess_axes(b, shape)
         axes = tuple(given)
@@ -194,6 +203,17 @@ class LossPlan:
         if mask is not None and axes[:1] == (1,) and tuple(mask.shape) == b.shape:
             keep = keep & mask.astype(bool).reshape(b.shape + (1,) * (len(shape) - 2))
         return full * keep
+
+
+def grown(before: Sequence[int], after: Sequence[int], extra: int) -> tuple[int, ...] | None:
+    """Return the axes that grew by exactly ``extra`` (the sequence axes), or None when
+    the shapes are not comparable (other rank, or an axis changed by anything else)."""
+    if len(before) != len(after):
+        return None
+    grow = [int(n) - int(m) for m, n in zip(before, after, strict=True)]
+    if any(d not in (0, extra) for d in grow):
+        return None
+    return tuple(i for i, d in enumerate(grow) if d and d == extra)
 
 
 def guess_axes(batch: PadBatch, shape: Sequence[int]) -> tuple[int, ...]:

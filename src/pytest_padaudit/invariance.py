@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .batch import LossPlan, PadBatch, base_region, guess_axes, real_positions
+from .batch import LossPlan, PadBatch, base_region, grown, guess_axes, real_positions
 from .errors import PadAuditError
 from .handle import ModelHandle, Table, Trace
 from .options import AuditOptions
@@ -42,28 +42,31 @@ def check_invariance(
 ) -> InvarianceResult:
     """Measure invariance with a wider batch, else with perturbed pad vectors; judge it."""
     wide = batch.extended(opts.extra_columns)
-    axes: Axes | None = None
-    for _ in range(2):  # twice only when the first guess of the sequence axes was wrong
-        plan_a = LossPlan(batch, "real", opts.seed, axes=axes)
+    plan_a = LossPlan(batch, "real", opts.seed)
+    run_a = handle.invariance_pass(batch, plan_a, tables)
+    plan_b = LossPlan(wide, "real", opts.seed, base=dict(plan_a.shapes))
+    try:
+        run_b = handle.invariance_pass(wide, plan_b, tables)
+    except PadAuditError as exc:
+        why = f"the model cannot take the wider batch {wide.shape}: {_first_line(exc)}"
+        return _perturbed(handle, batch, tables, opts, report, plan_a, run_a, why)
+    truth = grown_axes(plan_a.shapes, plan_b.shapes, wide.extra)
+    shapes_a = {i: a.shape for i, a in enumerate(run_a[1])}
+    out_axes = grown_axes(shapes_a, {i: b.shape for i, b in enumerate(run_b[1])}, wide.extra)
+    if truth is None or out_axes is None:
+        why = (
+            f"its outputs change shape between widths {batch.shape[1]} and "
+            f"{wide.shape[1]} other than by {wide.extra} positions along an axis"
+        )
+        return _perturbed(handle, batch, tables, opts, report, plan_a, run_a, why)
+    # the base run could only guess its outputs' sequence axes (a (batch, hidden) output
+    # with hidden == seq_len looks per-token): rerun it when the guess was wrong
+    if plan_a.used != truth:
+        plan_a = LossPlan(batch, "real", opts.seed, axes=truth)
         run_a = handle.invariance_pass(batch, plan_a, tables)
-        plan_b = LossPlan(wide, "real", opts.seed, axes=axes)
-        try:
-            run_b = handle.invariance_pass(wide, plan_b, tables)
-        except PadAuditError as exc:
-            why = f"the model cannot take the wider batch {wide.shape}: {_first_line(exc)}"
-            return _perturbed(handle, batch, tables, opts, report, plan_a, run_a, why)
-        truth = grown_axes(plan_a.shapes, plan_b.shapes, wide.extra)
-        shapes_a = {i: a.shape for i, a in enumerate(run_a[1])}
-        out_axes = grown_axes(shapes_a, {i: b.shape for i, b in enumerate(run_b[1])}, wide.extra)
-        if truth is None or out_axes is None:
-            why = (
-                f"its outputs change shape between widths {batch.shape[1]} and "
-                f"{wide.shape[1]} other than by {wide.extra} positions along an axis"
-            )
-            return _perturbed(handle, batch, tables, opts, report, plan_a, run_a, why)
-        if truth == plan_a.used == plan_b.used:
-            break
-        axes = truth
+    if plan_b.used != truth:
+        plan_b = LossPlan(wide, "real", opts.seed, axes=truth)
+        run_b = handle.invariance_pass(wide, plan_b, tables)
 
     def localise() -> tuple[str | None, str, float]:
         return _localise(handle.trace(batch), handle.trace(wide), batch, wide, opts.rtol)
@@ -77,20 +80,17 @@ def grown_axes(
 ) -> Axes | None:
     """Return, per array, the axes that grow by exactly ``extra`` from ``a`` to ``b``.
 
-    None when the two runs are not comparable: other arrays, other ranks, or an axis
-    that changes by anything else.
+    None when the two runs are not comparable: other arrays, or one not comparable by
+    :func:`~pytest_padaudit.batch.grown`.
     """
     if set(a) != set(b):
         return None
     found: Axes = {}
     for key, shape in a.items():
-        other = b[key]
-        if len(shape) != len(other):
+        axes = grown(shape, b[key], extra)
+        if axes is None:
             return None
-        grow = [int(n) - int(m) for m, n in zip(shape, other, strict=True)]
-        if any(d not in (0, extra) for d in grow):
-            return None
-        found[key] = tuple(i for i, d in enumerate(grow) if d == extra and d)
+        found[key] = axes
     return found
 
 
