@@ -34,6 +34,7 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
+from .keras_noise import noise_at_pads
 from .keras_optim import PadRowStepper, elementwise
 from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
 from .keras_tables import (
@@ -388,7 +389,7 @@ class KerasHandle:
         variables = self._require_trainable()
         kb = self.tensors(batch, training=False)
         with tf.GradientTape() as tape:
-            with self._noise_at_pads(tables, perturb):
+            with noise_at_pads(self._layers, tables, perturb):
                 output = self.forward(kb)
             total = self.loss(output, kb, plan)
         grads = tape.gradient(total, variables)
@@ -400,46 +401,6 @@ class KerasHandle:
             rows = reach.get(id(var))
             result[name] = select_rows(grad, rows) if rows is not None else dense(grad)
         return result, [to_numpy(t) for t in floating_tensors(output)]
-
-    @contextmanager
-    def _noise_at_pads(self, tables: Sequence[Table], seed: int | None) -> Iterator[None]:
-        """Replace each token table's vectors at its pad id with seeded noise of its scale.
-
-        The scale is the standard deviation of the vectors it emits at the other ids.
-        Raise :class:`PadAuditError` when no table emitted a vector at a pad position.
-        """
-        if seed is None:
-            yield
-            return
-        tables = [t for t in tables if getattr(t, "token", None) is not False]
-        number = {t.path: (k, t.pad_idx) for k, t in enumerate(tables)}
-        calls: dict[str, int] = {}
-
-        def noise(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> Any:
-            ids = args[0] if args else kwargs.get("inputs")
-            if not (tf.is_tensor(ids) and tf.is_tensor(out)):
-                return None
-            if out.shape.rank != ids.shape.rank + 1 or not out.dtype.is_floating:
-                return None
-            at = tf.equal(tf.cast(ids, tf.int64), number[path][1])
-            if tf.executing_eagerly() and not bool(tf.reduce_any(at)):
-                return None
-            calls[path] = calls.get(path, 0) + 1
-            others = tf.cast(tf.boolean_mask(out, tf.logical_not(at)), tf.float32)
-            scale = tf.math.reduce_std(others)
-            scale = tf.where(tf.math.is_finite(scale) & (scale > 0), scale, 1.0)
-            key = [seed % (2**31 - 1), 104729 * (number[path][0] + 1) + calls[path]]
-            values = tf.random.stateless_normal(tf.shape(out), key) * scale
-            return tf.where(at[..., None], tf.cast(values, out.dtype), out)
-
-        with recorded_calls([(t.path, self._layers[t.path]) for t in tables], noise):
-            yield
-        if not calls:
-            names = ", ".join(t.path for t in tables) or "none"
-            raise PadAuditError(
-                f"no token table ({names}) emitted a vector at a pad position: only "
-                "Embedding lookups of the pad id can be replaced"
-            )
 
     def _reachable_rows(self, batch: PadBatch, tables: Sequence[Table]) -> dict[int, np.ndarray]:
         """Map each audited table's variables to the rows the invariance check compares."""
@@ -461,7 +422,7 @@ class KerasHandle:
             outputs = [to_numpy(t) for t in floating_tensors(out)]
             trace.entries.append((path, inputs, outputs))
 
-        noise = self._noise_at_pads(self._audited, perturb)
+        noise = noise_at_pads(self._layers, self._audited, perturb)
         with noise, recorded_calls(self._traced_layers(), record):
             self.forward(kb)
         return trace
