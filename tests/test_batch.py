@@ -82,3 +82,30 @@ def test_framework_masks_are_honoured():
     extra[:, 0] = False
     w = LossPlan(b, "masked", 0).weights(0, (6, 10), mask=extra)
     assert (w[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_real_weights_on_an_attention_map_agree_at_real_query_and_key_positions(side):
+    b = batch(padding_side=side)
+    longer = b.extended(5)
+    axes = {0: (2, 3)}
+    short = LossPlan(b, "real", 3, axes=axes).weights(0, (6, 2, 10, 10))
+    long = LossPlan(longer, "real", 3, axes=axes).weights(0, (6, 2, 15, 15))
+    pair = b.mask[:, None, :, None] & b.mask[:, None, None, :]
+    wide_pair = longer.mask[:, None, :, None] & longer.mask[:, None, None, :]
+    assert (short[np.broadcast_to(pair, short.shape)] > 0).all()
+    assert (short[~np.broadcast_to(pair, short.shape)] == 0).all()
+    assert (long[~np.broadcast_to(wide_pair, long.shape)] == 0).all()
+    assert (
+        short[np.broadcast_to(pair, short.shape)] == long[np.broadcast_to(wide_pair, long.shape)]
+    ).all()
+
+
+def test_sequence_axes_come_from_growth_never_from_a_size_alone():
+    from pytest_padaudit.invariance import grown_axes
+
+    # (batch, hidden) with hidden == seq_len, and == seq_len + extra: no sequence axis
+    assert grown_axes({0: (4, 16), 1: (4, 24)}, {0: (4, 16), 1: (4, 24)}, 8) == {0: (), 1: ()}
+    assert grown_axes({0: (4, 2, 16, 16)}, {0: (4, 2, 24, 24)}, 8) == {0: (2, 3)}
+    assert grown_axes({0: (16, 4, 8)}, {0: (24, 4, 8)}, 8) == {0: (0,)}
+    assert grown_axes({0: (4, 128)}, {0: (4, 192)}, 8) is None  # flattened: not comparable

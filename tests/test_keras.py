@@ -88,9 +88,12 @@ def test_flatten_drops_the_mask():
     assert "Flatten 'flatten' does not support masking and drops the mask" in grad.why
     assert "the output carries no mask" in grad.why
     assert "replace Flatten 'flatten'" in grad.fix
-    # a fixed-width model cannot take the longer invariance batch: a skip, not a crash
-    assert report.invariance.skipped
-    assert any("pass seq_len=16" in note for note in report.notes)
+    # a fixed-width model cannot take the wider invariance batch: the pad vectors are
+    # replaced with noise instead, and the pads flattened into the head are caught
+    assert not report.invariance.skipped and report.invariance.first_module == "flatten"
+    assert finding(report, "invariance").layer == "flatten"
+    assert not any("pass seq_len" in note for note in report.notes)
+    assert any("replacing the vectors" in note and "(4, 24)" in note for note in report.notes)
 
 
 def test_table_without_mask_zero_is_named_in_keras_words():

@@ -90,15 +90,16 @@ def test_left_padding_prepends_the_extra_columns():
     assert invariance(GRUClassifier(packed=False), padding_side="left")[0].passed is False
 
 
-def test_a_model_with_a_fixed_length_is_skipped_with_a_reason():
+def test_a_model_with_a_fixed_length_is_measured_with_noise_at_the_pads():
     class Fixed(Tagger):
         def forward(self, ids):
             assert ids.shape[1] == 16, "expects exactly 16 tokens"
             return super().forward(ids)
 
     report, inv = invariance(Fixed())
-    assert report.passed and inv.skipped and "24 wide" in inv.skipped
-    assert any("invariance skipped" in note for note in report.notes)
+    assert report.passed and not inv.skipped and inv.value == 0.0
+    (note,) = [n for n in report.notes if "invariance measured" in n]
+    assert "seeded noise" in note and "(4, 24)" in note and "expects exactly 16 tokens" in note
 
 
 def test_a_mathematically_zero_gradient_is_no_false_alarm():

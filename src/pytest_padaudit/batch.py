@@ -52,7 +52,7 @@ class PadBatch:
 
         The invariance check compares only these rows of a table's gradient: O(tokens).
         """
-        positions = np.arange(2 * self.shape[1] + 2)
+        positions = np.arange(2 * self.base_len + 2)  # the same rows for every extension
         candidates = np.unique(np.concatenate([self.ids[self.mask], positions]))
         return candidates[(candidates < rows) & (candidates != pad)]
 
@@ -118,12 +118,25 @@ class LossPlan:
 
     ``mode`` is ``"all"`` (every element), ``"masked"`` (pad-aligned positions of outputs
     whose leading dims are the batch's shape get weight 0) or ``"real"`` (the invariance
-    check: as ``masked``, and the weights at real positions are those of the base batch, so
-    a batch with extra pad columns sees exactly the same weights where tokens are real).
+    check: weights are drawn for the base batch's shape and laid at the real positions
+    along every sequence axis, zero at pad positions, so a batch with extra pad columns
+    sees exactly the same weights where tokens are real).
+
+    In ``"real"`` mode the sequence axes of output ``index`` are ``axes[index]`` when given
+    (the engine decides them by comparing two runs), else the axes that grew by
+    ``batch.extra`` since ``base[index]`` (the shape in the base batch's run), else a
+    guess (:func:`guess_axes`);
+    :attr:`shapes` and :attr:`used` record what each output looked like and was given.
     """
 
     def __init__(
-        self, batch: PadBatch, mode: str, seed: int, only: frozenset[int] | None = None
+        self,
+        batch: PadBatch,
+        mode: str,
+        seed: int,
+        only: frozenset[int] | None = None,
+        axes: dict[int, tuple[int, ...]] | None = None,
+        base: dict[int, tuple[int, ...]] | None = None,
     ) -> None:
         self.batch = batch
         self.mode = mode
@@ -132,6 +145,14 @@ class LossPlan:
         self.only = only
         #: the outputs :meth:`weights` treated as per-token.
         self.per_token: set[int] = set()
+        #: ``"real"`` mode: the sequence axes of each output, decided by the engine.
+        self.axes = axes
+        #: ``"real"`` mode, an extended batch: each output's shape in the base batch's run
+        #: (the axes that grew by ``batch.extra`` since are the sequence axes).
+        self.base = base
+        #: ``"real"`` mode: each output's shape and the sequence axes its weights used.
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.used: dict[int, tuple[int, ...]] = {}
 
     def aligned(self, shape: Sequence[int], index: int | None = None) -> bool:
         """Say whether output ``index`` of ``shape`` has one entry per token position."""
@@ -147,17 +168,106 @@ class LossPlan:
         """
         shape = tuple(int(s) for s in shape)
         rng = np.random.default_rng([self.seed, 7919, index])
+        if self.mode == "real":
+            return self._real_weights(index, shape, mask, rng)
         if not self.aligned(shape, index) or self.mode == "all":
             return rng.random(shape, dtype=np.float32) + np.float32(0.5)
         self.per_token.add(index)
-        b = self.batch
-        base = rng.random((shape[0], b.base_len, *shape[2:]), dtype=np.float32) + np.float32(0.5)
-        if b.extra:
-            full = np.zeros(shape, dtype=np.float32)
-            if b.padding_side == "right":
-                full[:, : b.base_len] = base
-            else:
-                full[:, b.extra :] = base
-            base = full
-        keep = b.mask if mask is None else (b.mask & mask.astype(bool))
+        keep = self.batch.mask if mask is None else (self.batch.mask & mask.astype(bool))
+        base = rng.random(shape, dtype=np.float32) + np.float32(0.5)
         return base * keep.reshape(keep.shape + (1,) * (len(shape) - 2))
+
+    def _real_weights(
+        self,
+        index: int,
+        shape: tuple[int, ...],
+        mask: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        b = self.batch
+        given = (self.axes or {}).get(index)
+        before = (self.base or {}).get(index)
+        if given is None and before is not None:
+            given = grown(before, shape, b.extra)
+        if given is None or any(s >= len(shape) or shape[s] < b.extra for s in given):
+            given = guess_axes(b, shape)
+        axes = tuple(given)
+        self.shapes[index], self.used[index] = shape, axes
+        if axes:
+            self.per_token.add(index)
+        base_shape = tuple(n - b.extra if i in axes else n for i, n in enumerate(shape))
+        base = rng.random(base_shape, dtype=np.float32) + np.float32(0.5)
+        full = np.zeros(shape, dtype=np.float32)
+        full[base_region(b, len(shape), axes)] = base
+        keep = real_positions(b, shape, axes)
+        if mask is not None and axes[:1] == (1,) and tuple(mask.shape) == b.shape:
+            keep = keep & mask.astype(bool).reshape(b.shape + (1,) * (len(shape) - 2))
+        return full * keep
+
+
+def grown(before: Sequence[int], after: Sequence[int], extra: int) -> tuple[int, ...] | None:
+    """Return the axes that grew by exactly ``extra`` (the sequence axes), or None when
+    the shapes are not comparable (other rank, or an axis changed by anything else)."""
+    if len(before) != len(after):
+        return None
+    grow = [int(n) - int(m) for m, n in zip(before, after, strict=True)]
+    if any(d not in (0, extra) for d in grow):
+        return None
+    return tuple(i for i, d in enumerate(grow) if d and d == extra)
+
+
+def guess_axes(batch: PadBatch, shape: Sequence[int]) -> tuple[int, ...]:
+    """Guess the sequence axes of an output: the axes as long as the batch is wide.
+
+    Only a first guess: the engine decides by comparing two widths (an axis that grows
+    by the extra pad columns is a sequence axis). Axis 0 counts only when the batch size
+    differs from the width. Where no second width exists, a wrong guess only leaves
+    positions out of the comparison (never adds pad positions to it).
+    """
+    rows, width = batch.shape
+    return tuple(i for i, n in enumerate(shape) if n == width and not (i == 0 and n == rows))
+
+
+def batch_axis(batch: PadBatch, shape: Sequence[int], axes: Sequence[int]) -> int | None:
+    """Return the axis holding the batch rows: 0, else the first other one of that size."""
+    rows = batch.shape[0]
+    for i, n in enumerate(shape):
+        if i not in axes and n == rows:
+            return i
+    return None
+
+
+def base_region(batch: PadBatch, ndim: int, axes: Sequence[int]) -> tuple[slice, ...]:
+    """Return the slices that pick the base batch's columns along each sequence axis."""
+    if batch.padding_side == "right":
+        cut = slice(0, -batch.extra or None)
+    else:
+        cut = slice(batch.extra, None)
+    return tuple(cut if i in axes else slice(None) for i in range(ndim))
+
+
+def real_positions(batch: PadBatch, shape: Sequence[int], axes: Sequence[int]) -> np.ndarray:
+    """Return a boolean array (broadcastable to ``shape``): True where every sequence
+    axis sits at a real token of its batch row (the row along :func:`batch_axis`; without
+    one, a column real in some row).
+
+    A sequence axis longer or shorter than the batch (a prepended [CLS] slot) has no
+    token to line up with: only the extra columns of an extension are left out on it.
+    """
+    ndim, width = len(shape), batch.shape[1]
+    keep = np.ones((1,) * ndim, dtype=bool)
+    rows = batch_axis(batch, shape, axes)
+    for s in axes:
+        if shape[s] != width:
+            m = np.zeros(shape[s], dtype=bool)
+            m[base_region(batch, 1, (0,))[0]] = True
+            dims = (s,)
+        elif rows is None:
+            m, dims = batch.mask.any(0), (s,)
+        else:
+            m, dims = (batch.mask, (rows, s)) if rows < s else (batch.mask.T, (s, rows))
+        at = [1] * ndim
+        for d in dims:
+            at[d] = shape[d]
+        keep = keep & m.reshape(at)
+    return keep

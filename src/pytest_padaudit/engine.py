@@ -15,10 +15,11 @@ import numpy as np
 
 from .batch import LossPlan, PadBatch, make_batch
 from .errors import PadAuditError
-from .handle import ModelHandle, OptimizerInfo, Table, Trace
+from .handle import ModelHandle, OptimizerInfo, Table
 from .hooks import plugin_manager
+from .invariance import check_invariance
 from .options import AuditOptions, framework_seed
-from .result import AuditReport, Finding, InvarianceResult, TableResult
+from .result import AuditReport, Finding, TableResult
 from .tables import (
     NO_PAD,
     candidates,
@@ -94,7 +95,9 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)
         if "invariance" in opts.checks:
-            report.invariance = _invariance(handle, batch, audited, opts, report)
+            if {"grad", "update"} & set(opts.checks) and callable(getattr(handle, "reset", None)):
+                handle.reset()  # every check measures the model as the user handed it over
+            report.invariance = check_invariance(handle, batch, audited, opts, report)
     for finding in report.findings:
         finding.allowed = finding.cause in opts.allow
     plugin_manager().hook.padaudit_audit_finished(report=report)
@@ -334,133 +337,3 @@ def _judge_update(
             fix,
         )
     )
-
-
-def _invariance(
-    handle: ModelHandle,
-    batch: PadBatch,
-    tables: list[Table],
-    opts: AuditOptions,
-    report: AuditReport,
-) -> InvarianceResult:
-    """Compare gradients and real-position outputs with and without extra pad columns."""
-    longer = batch.extended(opts.extra_columns)
-    only = None
-    for _ in range(2):  # twice only when the two runs disagree on which outputs are per-token
-        plan_a = LossPlan(batch, "real", opts.seed, only)
-        plan_b = LossPlan(longer, "real", opts.seed, only)
-        grads_a, outs_a = handle.invariance_pass(batch, plan_a, tables)
-        try:
-            grads_b, outs_b = handle.invariance_pass(longer, plan_b, tables)
-        except PadAuditError as exc:
-            reason = str(exc).splitlines()[0]
-            report.notes.append(
-                f"invariance skipped: the model cannot take {longer.shape}: {reason}"
-            )
-            return InvarianceResult(skipped=f"model cannot take a batch {longer.shape[1]} wide")
-        # a (batch, hidden) output with hidden == seq_len looks per-token in one run only
-        if plan_a.per_token == plan_b.per_token:
-            break
-        only = frozenset(plan_a.per_token & plan_b.per_token)
-    worst, grad_rel = _worst_difference(grads_a, grads_b)
-    _, out_rel = _worst_difference(dict(enumerate(outs_a)), dict(enumerate(outs_b)), each=True)
-    result = InvarianceResult(value=max(grad_rel, out_rel), worst=worst, outputs=out_rel)
-    if not result.value > opts.rtol:
-        return result
-    first, where, first_rel = _localise(handle, batch, longer, opts.rtol)
-    result.first_module = first
-    cause, why, fix = handle.explain("invariance", None, opts, first)
-    if first:
-        why = (
-            f"pad positions first reach the real positions in {where} "
-            f"(rel. diff {first_rel:.2g}): {why}"
-        )
-    else:
-        why = f"no submodule's output differs, so the leak is in the model's own code: {why}"
-    detail = f"worst gradient {worst} {grad_rel:.2g}, " if worst else ""
-    report.findings.append(
-        Finding(
-            "invariance",
-            first or "(model)",
-            batch.pad_idx,
-            result.value,
-            cause,
-            f"{opts.extra_columns} extra pad columns change what the real positions learn: "
-            f"rel. diff {result.value:.2g} ({detail}outputs {out_rel:.2g}; rtol {opts.rtol:g})",
-            why,
-            fix,
-        )
-    )
-    return result
-
-
-def _worst_difference(
-    a: dict[Any, np.ndarray], b: dict[Any, np.ndarray], *, each: bool = False
-) -> tuple[Any, float]:
-    """Return the key with the largest |a - b| and that difference, relative.
-
-    The scale is the largest |a| over every array (``each``: each array's own), so a
-    gradient that is mathematically zero does not turn float noise into a false alarm.
-    """
-    shared = [k for k in a if k in b and a[k].shape == b[k].shape and a[k].size]
-    if not shared:
-        return None, 0.0
-    peaks = {k: _maxabs(a[k]) for k in shared}
-    scale = max(peaks.values())
-    worst, worst_rel = None, 0.0
-    for k in shared:
-        diff = _maxabs(a[k] - b[k])
-        denom = peaks[k] if each else scale
-        rel = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
-        if rel != rel:
-            rel = float("inf")
-        if rel > worst_rel:
-            worst, worst_rel = k, rel
-    return worst, worst_rel
-
-
-def _localise(
-    handle: ModelHandle, batch: PadBatch, longer: PadBatch, rtol: float
-) -> tuple[str | None, str, float]:
-    """Name where pad positions first reach the real positions.
-
-    That is the first module (in the order modules finish) whose outputs at real
-    positions differ between the two batches; when its inputs already differ, the leak
-    is in the code that calls it, and the caller is named instead. Return (module path,
-    words for the message, relative difference).
-    """
-    later: dict[tuple[str, int], tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for key, inputs, outputs in _numbered(handle.trace(longer)):
-        later[key] = (inputs, outputs)
-    trace = handle.trace(batch)
-    for key, inputs, outputs in _numbered(trace):
-        path = key[0]
-        if not path or key not in later:
-            continue
-        _, rel = _worst_difference(
-            dict(enumerate(outputs)), dict(enumerate(later[key][1])), each=True
-        )
-        if rel <= rtol:
-            continue
-        _, rel_in = _worst_difference(
-            dict(enumerate(inputs)), dict(enumerate(later[key][0])), each=True
-        )
-        if rel_in > rtol:
-            parent = path.rpartition(".")[0]
-            return (
-                parent or "(model)",
-                f"the forward of {parent or trace.owner}, before {path}",
-                rel_in,
-            )
-        return path, path, rel
-    return None, "", 0.0
-
-
-def _numbered(trace: Trace) -> list[tuple[tuple[str, int], list, list]]:
-    """Key each trace entry by (path, call number) so repeated calls line up."""
-    seen: dict[str, int] = {}
-    out = []
-    for path, inputs, outputs in trace.entries:
-        seen[path] = seen.get(path, 0) + 1
-        out.append(((path, seen[path]), inputs, outputs))
-    return out

@@ -65,9 +65,11 @@ class OptimizerInfo:
 
 @dataclass
 class Trace:
-    """Module inputs and outputs at real positions, in the order the modules finished.
+    """Module inputs and outputs, in the order the modules finished.
 
-    Each entry is ``(path, inputs, outputs)``; ``owner`` names the model for messages.
+    Each entry is ``(path, inputs, outputs)`` with every floating array FULL (pad positions
+    included); the engine finds the sequence axes by comparing two traces and cuts the
+    real positions itself. ``owner`` names the model for messages.
     """
 
     owner: str = "model"
@@ -172,7 +174,8 @@ class ModelHandle(Protocol):
 
         Called inside :meth:`preserve` (between the grad/update passes and the invariance
         passes) so every check measures the model as the user handed it over: what the
-        exit restore does, minus RNG and train/eval modes.
+        exit restore does, minus RNG and train/eval modes. Optional for third-party
+        adapters.
         """
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
@@ -190,16 +193,22 @@ class ModelHandle(Protocol):
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """Run forward and backward without train-only randomness.
 
-        Return every parameter's gradient (tables: only the rows real tokens or positions
-        can reach, pad rows left out) and the outputs as FULL arrays (floating leaves in
-        :func:`output_leaves` order); the engine finds the sequence axes and cuts them.
-        ``perturb`` not None: replace the vectors the token tables emit at pad positions
-        by seeded noise (seed ``perturb``) of the table's scale, on a same-width batch
-        (used when the model cannot take a wider batch).
+        The loss is the sum of each floating output times ``plan.weights(index, shape)``
+        (the plan lays the weights at real positions along the sequence axes). Return
+        every parameter's gradient (tables: the rows ``batch.reachable_rows`` names) and
+        every floating output FULL, in ``output_leaves`` order: the engine cuts the real
+        positions. ``perturb``: replace the vectors the token tables emit at pad positions
+        with seeded noise (seed ``perturb``) of the table's scale; raise PadAuditError
+        when no table emitted one. Adapters without ``perturb`` still work: a model that
+        cannot take the wider batch then gets a ``not_checked`` finding.
         """
 
-    def trace(self, batch: PadBatch) -> Trace:
-        """Run a forward pass recording each module's outputs at real positions."""
+    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+        """Run a forward pass recording each module's FULL inputs and outputs.
+
+        ``perturb`` as in :meth:`invariance_pass` (optional for adapters: without it a
+        perturbation-measured leak is reported without a module name).
+        """
 
     def explain(
         self, cause: str, table: Table | None, options: AuditOptions, info: Any = None

@@ -29,7 +29,6 @@ from .keras_calls import (
     keras_mask,
     named_layers,
     pad_row,
-    real,
     recorded_calls,
     select_rows,
     tf_variable,
@@ -37,6 +36,7 @@ from .keras_calls import (
 )
 from .keras_feed import PAD_HINT, dict_inputs, feed
 from .keras_lookups import SeenIds, TableCalls
+from .keras_noise import noise_at_pads
 from .keras_optim import PadRowStepper, elementwise
 from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
 from .keras_tables import (
@@ -216,6 +216,13 @@ class KerasHandle:
         text = " ".join(text.split())[:400]
         width = kb.numpy.shape[1]
         fixed = _fixed_seq_len(self.model)
+        if fixed is not None and fixed != width and kb.numpy.extra:
+            return (
+                f"{self.model_class} takes sequences of exactly {fixed} tokens (its Input "
+                f"has shape (None, {fixed})), so it cannot take the invariance check's batch "
+                f"of {kb.numpy.base_len} + {kb.numpy.extra} pad columns "
+                f"({type(exc).__name__}: {text})"
+            )
         if fixed is not None and fixed != width:
             return (
                 f"{self.model_class} takes sequences of exactly {fixed} tokens (its Input "
@@ -231,7 +238,7 @@ class KerasHandle:
             "inputs, pass forward=lambda model, batch: model(batch.ids, "
             "training=batch.training) (batch has ids, mask, lengths, pad_idx, training)"
         )
-        if _SHAPE_ERROR.search(text):
+        if _SHAPE_ERROR.search(text) and not kb.numpy.extra:
             message += "\n  If the model needs a fixed sequence length, pass seq_len= that length"
         return message
 
@@ -360,13 +367,29 @@ class KerasHandle:
         elif optimizer.state is not None and self._grads:  # dense: no scatter into tables
             optimizer.state.apply_gradients([(tf.convert_to_tensor(g), v) for g, v in self._grads])
 
+    def reset(self) -> None:
+        """Put the variables back as preserve() found them; drop stepped rows and grads."""
+        for var, value in self._saved:
+            var.assign(value)
+        self._grads = []
+        self._stepper = None
+
     def invariance_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+        self,
+        batch: PadBatch,
+        plan: LossPlan,
+        tables: Sequence[Table],
+        perturb: int | None = None,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Return every variable's gradient and the FULL outputs (the engine cuts them).
+
+        ``perturb``: replace what the token tables emit at pad positions with seeded noise.
+        """
         variables = self._require_trainable()
         kb = self.tensors(batch, training=False)
         with tf.GradientTape() as tape:
-            output = self.forward(kb)
+            with noise_at_pads(self._layers, tables, perturb):
+                output = self.forward(kb)
             total = self.loss(output, kb, plan)
         grads = tape.gradient(total, variables)
         reach = self._reachable_rows(batch, tables)
@@ -376,8 +399,7 @@ class KerasHandle:
                 continue
             rows = reach.get(id(var))
             result[name] = select_rows(grad, rows) if rows is not None else dense(grad)
-        outputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors(output)]
-        return result, outputs
+        return result, [to_numpy(t) for t in floating_tensors(output)]
 
     def _reachable_rows(self, batch: PadBatch, tables: Sequence[Table]) -> dict[int, np.ndarray]:
         """Map each audited table's variables to the rows the invariance check compares."""
@@ -389,16 +411,18 @@ class KerasHandle:
                     reach[id(var)] = rows
         return reach
 
-    def trace(self, batch: PadBatch) -> Trace:
+    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+        """Record each layer's full floating inputs and outputs (``perturb``: as above)."""
         trace = Trace(owner=self.model_class)
         kb = self.tensors(batch, training=False)
 
         def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            inputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors([args, kwargs])]
-            outputs = [to_numpy(real(t, kb.mask)) for t in floating_tensors(out)]
+            inputs = [to_numpy(t) for t in floating_tensors([args, kwargs])]
+            outputs = [to_numpy(t) for t in floating_tensors(out)]
             trace.entries.append((path, inputs, outputs))
 
-        with recorded_calls(self._traced_layers(), record):
+        noise = noise_at_pads(self._layers, self._audited, perturb)
+        with noise, recorded_calls(self._traced_layers(), record):
             self.forward(kb)
         return trace
 
@@ -407,15 +431,17 @@ class KerasHandle:
 
         Left out: the cells inside an RNN (called once per time step, so step k is a
         different position in each batch) and ``go_backwards`` layers (their sequence
-        output runs backwards; the Bidirectional around one is traced instead).
+        output runs backwards; the Bidirectional around one is traced instead), and the
+        inner layers of a MultiHeadAttention (its softmax over the pad keys is the
+        attention's fault, and the attention is named).
         """
-        rnn = self.keras.layers.RNN
+        units = (self.keras.layers.RNN, self.keras.layers.MultiHeadAttention)
         skipped: list[str] = []
         traced = []
         for path, layer in self.named:
             if any(path.startswith(prefix + ".") for prefix in skipped):
                 continue
-            if isinstance(layer, rnn):
+            if isinstance(layer, units):
                 skipped.append(path)
             if getattr(layer, "go_backwards", False):
                 skipped.append(path)

@@ -19,8 +19,9 @@ from ..handle import output_leaves
 
 ROOT = "(model)"
 _MISSING = object()
-#: Signature of a call recorder: (path, layer, args, kwargs, outputs).
-Recorder = Callable[[str, Any, tuple, dict, Any], None]
+#: Signature of a call recorder: (path, layer, args, kwargs, outputs) -> None, or what the
+#: call returns instead of its outputs.
+Recorder = Callable[[str, Any, tuple, dict, Any], Any]
 
 
 def children(layer: Any) -> list[Any]:
@@ -52,15 +53,18 @@ def named_layers(model: Any) -> list[tuple[str, Any]]:
 def _recording_call(path: str, layer: Any, original: Callable, record: Recorder) -> Callable:
     def call(*args: Any, **kwargs: Any) -> Any:
         outputs = original(*args, **kwargs)
-        record(path, layer, args, kwargs, outputs)
-        return outputs
+        replaced = record(path, layer, args, kwargs, outputs)
+        return outputs if replaced is None else replaced
 
     return call
 
 
 @contextmanager
 def recorded_calls(layers: Sequence[tuple[str, Any]], record: Recorder) -> Iterator[None]:
-    """Call ``record`` after each call of ``layers``; restore every ``call`` on exit."""
+    """Call ``record`` after each call of ``layers``; restore every ``call`` on exit.
+
+    When ``record`` returns something other than None, the call returns that instead.
+    """
     shadowed: list[tuple[Any, Any]] = []
     try:
         for path, layer in layers:

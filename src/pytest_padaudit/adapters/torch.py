@@ -18,6 +18,7 @@ from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
 from ..handle import OptimizerInfo, Table, Trace, output_leaves, pad_for, pad_source
 from ..options import AuditOptions
+from .torch_noise import noise_at_pads
 from .torch_optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .torch_params import is_leaf as _is_leaf
 from .torch_params import weight as _weight
@@ -81,6 +82,8 @@ class TorchHandle:
         self._last: tuple[PadBatch, LossPlan, torch.Tensor] | None = None
         #: per computed table (parametrization, weight_norm): the weights its calls used.
         self._computed: dict[str, list[torch.Tensor]] = {}
+        #: puts the state preserve() saved back, while preserve() is active (reset()).
+        self._restore: Callable[[], None] | None = None
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | None) -> list[Table]:
@@ -182,6 +185,17 @@ class TorchHandle:
         devices = [d for d in {p.device for p in params} if d.type == "cuda"]
         np_state, py_state = np.random.get_state(), random.getstate()
         calls = [(m, m._compiled_call_impl) for m in model.modules() if compiled(m)]
+
+        def restore() -> None:
+            with torch.no_grad():
+                for weight, pad, row in rows:
+                    weight[pad] = row
+                for p, value in self._saved:
+                    p.copy_(value)
+                for b, value in buffers:
+                    b.copy_(value)
+
+        self._restore = restore
         try:
             for m, _ in calls:  # Module.compile(): run the audit eagerly
                 m._compiled_call_impl = None
@@ -198,13 +212,8 @@ class TorchHandle:
         finally:
             for m, impl in calls:
                 m._compiled_call_impl = impl
-            with torch.no_grad():
-                for weight, pad, row in rows:
-                    weight[pad] = row
-                for p, value in self._saved:
-                    p.copy_(value)
-                for b, value in buffers:
-                    b.copy_(value)
+            restore()
+            self._restore = None
             self._saved = []
             for layer, flag in self._sparse:
                 layer.sparse = flag
@@ -214,6 +223,13 @@ class TorchHandle:
                 m.training = training
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+    def reset(self) -> None:
+        """Put parameters, buffers and tables back as preserve() found them (grads None)."""
+        if self._restore is not None:
+            self._restore()
+        for p in self.model.parameters():
+            p.grad = None
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         return {t.path: _to_numpy(_weight(self._layers[t.path])[t.pad_idx]) for t in tables}
@@ -410,10 +426,18 @@ class TorchHandle:
         yield
 
     def invariance_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
+        self,
+        batch: PadBatch,
+        plan: LossPlan,
+        tables: Sequence[Table],
+        perturb: int | None = None,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        with self._quiet():
-            tb, output = self._backward(batch, plan)
+        """Return every parameter's gradient and the FULL outputs (the engine cuts them).
+
+        ``perturb``: replace what the token tables emit at pad positions with seeded noise.
+        """
+        with self._quiet(), noise_at_pads(self._layers, tables, perturb):
+            _, output = self._backward(batch, plan)
         reach = _reachable_rows(batch, tables, self._layers)
         grads = {}
         for name, param in self.model.named_parameters():
@@ -422,23 +446,24 @@ class TorchHandle:
                 continue
             rows = reach.get(id(param))
             grads[name] = _to_numpy(grad if rows is None else _rows_of(grad, rows))
-        outputs = [_to_numpy(_real(t, tb.mask)) for t in floating_tensors(output)]
-        return grads, outputs
+        return grads, [_to_numpy(t) for t in floating_tensors(output)]
 
-    def trace(self, batch: PadBatch) -> Trace:
+    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+        """Record each module's full floating inputs and outputs (``perturb``: as above)."""
         trace = Trace(owner=self.model_class)
         names = {module: path for path, module in self.model.named_modules()}
         tb = self._tensors(batch)
 
-        def real(values: Any) -> list[np.ndarray]:
-            return [_to_numpy(_real(t, tb.mask)) for t in floating_tensors(values)]
+        def full(values: Any) -> list[np.ndarray]:
+            return [_to_numpy(t) for t in floating_tensors(values)]
 
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            trace.entries.append((names.get(module, "?"), real(args), real(output)))
+            trace.entries.append((names.get(module, "?"), full(args), full(output)))
 
         hooks = [m.register_forward_hook(record) for m in self.model.modules()]
         try:
-            with self._quiet(), torch.no_grad():
+            noise = noise_at_pads(self._layers, self._audited, perturb)
+            with self._quiet(), torch.no_grad(), noise:
                 self._forward(tb)
         finally:
             for hook in hooks:
@@ -450,19 +475,6 @@ class TorchHandle:
         self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
     ) -> tuple[str, str, str]:
         return _EXPLAIN[cause](self, table, info)
-
-
-def _real(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Keep the real positions of a (batch, seq, ...), (seq, batch, ...) or (batch, ch, seq)
-    tensor; return any other tensor whole."""
-    b, t = mask.shape
-    if tensor.dim() >= 2 and tuple(tensor.shape[:2]) == (b, t):
-        return tensor[mask]
-    if tensor.dim() >= 2 and tuple(tensor.shape[:2]) == (t, b):
-        return tensor.transpose(0, 1)[mask]
-    if tensor.dim() >= 3 and tensor.shape[0] == b and tensor.shape[-1] == t:
-        return tensor.movedim(-1, 1)[mask]
-    return tensor
 
 
 def _can_be_sparse(layer: nn.Module) -> bool:
