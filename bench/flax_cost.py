@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 import pytest_padaudit
-from flax import nnx
 from pytest_padaudit import audit
 from pytest_padaudit.adapters.flax import ADAPTER
 

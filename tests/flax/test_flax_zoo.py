@@ -10,6 +10,7 @@ optax = pytest.importorskip("optax")
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from flax_zoo import (
     PAD,
     ZOO,
@@ -22,7 +23,6 @@ from flax_zoo import (
 )
 
 import pytest_padaudit
-from flax import nnx
 from pytest_padaudit import PadAuditError, audit
 from pytest_padaudit.adapters.flax import ADAPTER, FlaxAdapter
 from pytest_padaudit.adapters.flax.handle import FlaxHandle
