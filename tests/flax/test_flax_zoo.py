@@ -384,3 +384,33 @@ def test_model_without_embed_and_linen_modules_are_refused():
 def test_adapter_answers_none_for_other_models():
     assert FlaxAdapter().padaudit_adapt(object(), AuditOptions()) is None
     assert isinstance(find_handle(MeanPool(masked=True)), FlaxHandle)
+
+
+def test_nnx_optimizer_wrt_decides_what_is_stepped():
+    model = MeanPool(masked=True)
+    rest = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("embed")))
+    spec = nnx.Optimizer(model, optax.adamw(1e-3, weight_decay=1e-2), wrt=rest)
+    report = audit(model, pad_idx=PAD, optimizer=spec, checks=("update",))
+    assert report.passed and report.tables[0].update == 0.0  # the table is not in wrt
+
+
+class Halving(nnx.Embed):
+    """An Embed that writes to its own weight in the forward pass (NNX keeps the write)."""
+
+    def __call__(self, inputs, out_sharding=None):
+        self.embedding[...] = self.embedding[...] * 0.5
+        return super().__call__(inputs)
+
+
+def test_a_forward_that_writes_the_table_is_named():
+    model = MeanPool(masked=True)
+    model.embed = Halving(40, 8, rngs=nnx.Rngs(1))
+    before = np.asarray(model.embed.embedding[...])
+    report = audit(model, pad_idx=PAD, checks=("update",))
+    # ground truth: one plain call halves the row, and nnx keeps it
+    probe = MeanPool(masked=True)
+    probe.embed = Halving(40, 8, rngs=nnx.Rngs(1))
+    probe(jnp.asarray(_ids(report)))
+    assert np.array_equal(np.asarray(probe.embed.embedding[...])[PAD], before[PAD] * 0.5)
+    assert _causes(report) == {"forward"}
+    assert np.array_equal(np.asarray(model.embed.embedding[...]), before)  # restored
