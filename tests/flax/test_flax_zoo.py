@@ -414,3 +414,34 @@ def test_a_forward_that_writes_the_table_is_named():
     assert np.array_equal(np.asarray(probe.embed.embedding[...])[PAD], before[PAD] * 0.5)
     assert _causes(report) == {"forward"}
     assert np.array_equal(np.asarray(model.embed.embedding[...]), before)  # restored
+
+
+def test_nested_paths_and_pasted_fix_lines():
+    """Tables deep in the graph get dotted paths; the fix lines printed for them run."""
+    from pytest_padaudit.adapters.flax.explain import zero_grad_fix, zero_row_fix
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(40, 8, rngs=rngs)
+
+    class Encoder(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([Block(rngs)])
+
+    class Model(nnx.Module):
+        def __init__(self):
+            self.encoder = Encoder(nnx.Rngs(0))
+
+        def __call__(self, ids):
+            return self.encoder.layers[0].embed(ids).mean(axis=1)
+
+    model = Model()
+    (table,) = FlaxHandle(model, AuditOptions()).tables({"encoder.layers.0.embed": 3})
+    assert (table.path, table.pad_idx) == ("encoder.layers.0.embed", 3)
+    ids = jnp.asarray([[1, 2, 3, 3]])
+    grads = nnx.grad(lambda m: m(ids).sum())(model)
+    exec(zero_grad_fix(table).split(" (grads from")[0], {"grads": grads})
+    g = grads["encoder"]["layers"][0]["embed"]["embedding"][...]
+    assert float(jnp.abs(g[3]).max()) == 0.0 and float(jnp.abs(g[1]).max()) > 0.0
+    exec(zero_row_fix(table), {"model": model})
+    assert not np.asarray(model.encoder.layers[0].embed.embedding[...])[3].any()
