@@ -89,7 +89,7 @@ def test_model_factories_become_items(zoo: pytest.Pytester) -> None:
             "padaudit?zoo.models:clean? PASSED*",
             "padaudit?zoo.models:leaky?pad_idx=0&seq_len=8? FAILED*",
             "*[[]grad[]] emb (pad id 0): pad-row gradient max|g| = *",
-            "*cause: nn.Embedding has no padding_idx*",
+            "*why:   nn.Embedding has no padding_idx*",
             "*reproduce: audit(model, pad_idx=0, seed=0, seq_len=8)*",
             "*batch: ids int64[[]4, 8[]]*",
         ]
@@ -150,7 +150,7 @@ def test_hugging_face_factory_with_inline_allow(pytester: pytest.Pytester) -> No
         "--padaudit-model=hfzoo:mlm", "--padaudit-model=hfzoo:mlm?allow=tied", "-rA"
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*cause: the LM head cls.predictions.decoder shares this weight*"])
+    result.stdout.fnmatch_lines(["*why:   the LM head cls.predictions.decoder shares this weight*"])
 
 
 def test_checkpoint_option(pytester: pytest.Pytester) -> None:

@@ -30,7 +30,13 @@ def audit(model: object, **options: Any) -> AuditReport:
     report as allowed instead of failing). Raise :class:`PadAuditError` on bad input.
     """
     opts = AuditOptions.from_kwargs(**options)
-    return run_audit(adapt(model, opts), opts)
+    handle = adapt(model, opts)
+    report = run_audit(handle, opts)
+    if not report.passed:
+        from .shrink import attach_smallest
+
+        attach_smallest(handle, opts, report)
+    return report
 
 
 def find_handle(model: object, options: AuditOptions | None = None) -> ModelHandle | None:
@@ -50,10 +56,16 @@ def adapt(model: object, options: AuditOptions) -> ModelHandle:
     return handle
 
 
-def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) -> AuditReport:
+def run_audit(
+    handle: ModelHandle,
+    opts: AuditOptions,
+    test: str | None = None,
+    batch: PadBatch | None = None,
+) -> AuditReport:
     """Run the selected checks on ``handle`` inside its preserve() block.
 
-    ``test`` names the test the audit runs for (the result hook sees it).
+    ``test`` names the test the audit runs for (the result hook sees it); ``batch``
+    replaces the synthetic batch (shrink.py re-runs the checks on smaller ones).
     """
     tables = handle.tables(opts.pad_idx)
     audited = _audited_tables(handle, tables)
@@ -64,7 +76,8 @@ def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) 
             f"vocab_size={vocab} exceeds the {primary.rows} rows of {primary.path}: "
             f"pass vocab_size= at most {primary.rows}"
         )
-    batch = _make_batch(opts, vocab, primary.pad_idx, tuple(t.pad_idx for t in audited))
+    if batch is None:
+        batch = _make_batch(opts, vocab, primary.pad_idx, tuple(t.pad_idx for t in audited))
     report = AuditReport(
         framework=handle.framework,
         model=handle.model_class,

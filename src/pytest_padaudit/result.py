@@ -10,7 +10,12 @@ from .errors import PadLeakError
 
 @dataclass
 class Finding:
-    """One problem: which check, where, how much (``message``), ``why``, and the ``fix``."""
+    """One problem: which check, where, how much (``message``), ``why``, and the ``fix``.
+
+    ``cause`` is the code ``allow=`` takes (one of ``options.CAUSES``); ``why`` is the
+    sentence that explains it. Reports print each under its own name: ``why:``, ``fix:``,
+    ``cause:``. Adapters build findings positionally: keep the field order.
+    """
 
     check: str
     layer: str
@@ -78,6 +83,8 @@ class AuditReport:
     invariance: InvarianceResult | None = None
     notes: list[str] = field(default_factory=list)
     test: str | None = None
+    #: the smallest batch that still fails (see shrink.py), as JSON primitives.
+    smallest: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -115,6 +122,7 @@ class AuditReport:
             "findings": [f.to_dict() for f in self.findings],
             "invariance": self.invariance.to_dict() if self.invariance else None,
             "notes": list(self.notes),
+            "smallest": self.smallest,
         }
 
     def __str__(self) -> str:
