@@ -60,7 +60,7 @@ def test_fixture_passes_and_fails(suite):
             "*fix:   construct it with padding_idx=0*",
             "*cause: no_padding_idx (allow=('no_padding_idx',) reports it without failing)",
             "*reproduce: audit(model, pad_idx=0, seed=0)",
-            "*rerun:     pytest test_fixture_passes_and_fails.py::test_leak --padaudit-seed=0",
+            "*rerun:     pytest 'test_fixture_passes_and_fails.py::test_leak' --padaudit-seed=0",
         ]
     )
 

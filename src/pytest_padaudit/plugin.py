@@ -5,7 +5,7 @@ This module imports no framework and no NumPy: a session that runs no audit pays
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -288,18 +288,25 @@ def _explicitly_marked(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
-    if _explicitly_marked(item):
-        try:  # before any fixture runs: a bad marker keyword is said once, up front
-            item_options(item)
-        except PadAuditError as exc:
-            pytest.fail(str(exc), pytrace=False)
+    if _explicitly_marked(item):  # before any fixture runs: a bad marker is said up front
+        _usage(item_options, item)
     result = yield
     if _explicitly_marked(item) and "padaudit" not in getattr(item, "fixturenames", ()):
-        try:
-            item.stash[MODELS] = _marked_models(item)
-        except PadAuditError as exc:  # a usage error: say it once, without a traceback
-            pytest.fail(str(exc), pytrace=False)
+        item.stash[MODELS] = _usage(_marked_models, item)
     return result
+
+
+def _usage(function: Callable[[pytest.Item], Any], item: pytest.Item) -> Any:
+    """Call ``function(item)``; fail the test with the message alone on a PadAuditError.
+
+    ``pytest.fail`` is raised outside the ``except`` block, so the report shows the
+    message once (no "During handling of the above exception" repeat) and no frames.
+    """
+    try:
+        return function(item)
+    except PadAuditError as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -308,11 +315,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     models = item.stash.get(MODELS, [])
     if item.stash.get(CALLED, False):
         return result
-    if not models and _explicitly_marked(item):
-        try:  # requested the fixture but never called it
-            models = _marked_models(item)
-        except PadAuditError as exc:
-            pytest.fail(str(exc), pytrace=False)
+    if not models and _explicitly_marked(item):  # requested the fixture, never called it
+        models = _usage(_marked_models, item)
     failures = [
         report.failure_message()
         for _, model in models
@@ -328,6 +332,8 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
     from .engine import find_handle
 
     funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    own = getattr(getattr(item, "_fixtureinfo", None), "argnames", None) or tuple(funcargs)
+    shown = ", ".join(own) or "none"  # the test's own arguments, not every fixture it pulls
     wanted = _marker_options(item).get("model")
     if wanted is not None:
         names = [wanted] if isinstance(wanted, str) else list(wanted)
@@ -335,7 +341,7 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
         if missing:
             raise PadAuditError(
                 f"@pytest.mark.padaudit(model={wanted!r}): {', '.join(missing)} is not an "
-                f"argument of {item.name}; its arguments are {', '.join(funcargs) or 'none'}. "
+                f"argument of {item.name}; its arguments are {shown}. "
                 "Pass model= the name of a fixture the test requests"
             )
         return [(n, funcargs[n]) for n in names]
@@ -343,7 +349,7 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
     if not models:
         raise PadAuditError(
             f"{item.name} is marked padaudit but none of its arguments is a model "
-            f"(arguments: {', '.join(funcargs) or 'none'}): request the model fixture, name "
+            f"(arguments: {shown}): request the model fixture, name "
             "it with @pytest.mark.padaudit(model='fixture_name'), or call the padaudit fixture"
         )
     return models

@@ -196,10 +196,9 @@ def smallest_lines(audit: Audit) -> list[str]:
     if not small:
         return []
     lines = [
-        f"smallest failing batch ({small['sequences']} sequence"
-        f"{'s' if small['sequences'] != 1 else ''}, {_plural(small['real_tokens'], 'real token')}, "
-        f"{_plural(small['pads'], 'pad')}; found in {small['runs']} re-runs of the {small['check']} "
-        f"check): ids = {small['ids']}",
+        f"smallest failing batch ({_plural(small['sequences'], 'sequence')}, "
+        f"{_plural(small['real_tokens'], 'real token')}, {_plural(small['pads'], 'pad')}; "
+        f"found in {small['runs']} re-runs of the {small['check']} check): ids = {small['ids']}",
     ]
     code = snippet(str(audit["framework"]), small)
     if code:
