@@ -412,7 +412,8 @@ def test_print_and_the_session_report_agree_on_every_verdict(suite, monkeypatch)
                 padaudit(MeanPool())
             except AssertionError:
                 pass
-            print("\nPRINTED", str(padaudit.reports[0]).splitlines()[3])
+            print()
+            print("PRINTED", str(padaudit.reports[0]).splitlines()[3])
         """
     )
     result = suite.runpytest("-s", "--padaudit-report")
