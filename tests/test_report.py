@@ -428,7 +428,7 @@ def test_render_table_wraps_long_layers_and_keeps_them_apart_at_80_columns() -> 
     audit["tables"] = [{**audit["tables"][0], "layer": name} for name in layers]
     audit["findings"].append({**audit["findings"][0], "check": "invariance", "layer": "(model)"})
     lines = render.render_table([audit], width=80)
-    assert all(len(line) <= 80 for line, _ in lines), "\n".join(l for l, _ in lines)
+    assert all(len(line) <= 80 for line, _ in lines), "\n".join(x for x, _ in lines)
     text = "\n".join(line for line, _ in lines)
     assert "…" not in text and "tests/test_models.py::test_bert[tiny-config]" in text
     width = len(lines[1][0].split()[0])  # the dashes under "layer"
@@ -462,9 +462,7 @@ def test_summary_counts_audited_tables_and_a_finding_without_table() -> None:
     audit["findings"] = [{**_audit("t::x", "(model)", leak=True)["findings"][0]}]
     audit["passed"] = False
     summary = render.summarize([audit, _audit("t::y", "emb")])
-    assert render.total_line(summary) == (
-        "2 tables audited in 2 tests: 1 leaking, 2 skipped"
-    )
+    assert render.total_line(summary) == ("2 tables audited in 2 tests: 1 leaking, 2 skipped")
     assert render.primitives({"a": float("nan"), "b": (1, float("-inf"))}) == {
         "a": "nan",
         "b": [1, "-inf"],

@@ -319,8 +319,8 @@ def render_table(audits: Sequence[Audit], width: int | None = None) -> list[tupl
     for audit, group in groups:
         title = f"{audit.get('test')} · {audit['model']} ({audit['framework']})"
         status = "audit" if audit["passed"] else "leak"
-        for i, part in enumerate(wrap(title, width - (2 if width > 20 else 0))):
-            lines.append(((indent if i else "") + part, status))
+        for i, part in enumerate(wrap(title, width - (4 if width > 20 else 0))):
+            lines.append((("    " if i else "") + part, status))
         for r in group:
             lines += [(indent + line, r.status) for line in _align([r.cells[3:]], widths)]
     return lines
@@ -436,7 +436,10 @@ def junit_properties(audit: Audit) -> list[tuple[str, str]]:
 
 
 def reproduction(audit: Audit) -> str:
-    """Return what repeats a failed audit: seed, call, options, batch ids, the shrunk batch."""
+    """Return what repeats a failed audit: seed, call, options and the batch's ids.
+
+    The shrunk batch is in the failure message, shown just above this section.
+    """
     batch = audit["batch"]
     lines = [
         f"model:     {audit['model']} ({audit['framework']}), seed {audit['seed']}",
@@ -445,6 +448,5 @@ def reproduction(audit: Audit) -> str:
         f"batch:     pad id {batch['pad_idx']}, {batch['padding_side']} padding, "
         f"lengths {batch['lengths']}, seed {batch['seed']}; ids:",
         *(f"  {ids}" for ids in batch["ids"]),
-        *smallest_lines(audit),
     ]
     return "\n".join(lines)
