@@ -198,7 +198,8 @@ def smallest_lines(audit: Audit) -> list[str]:
     lines = [
         f"smallest failing batch ({_plural(small['sequences'], 'sequence')}, "
         f"{_plural(small['real_tokens'], 'real token')}, {_plural(small['pads'], 'pad')}; "
-        f"found in {small['runs']} re-runs of the {small['check']} check): ids = {small['ids']}",
+        f"found in {small['runs']} re-runs of the {small['check']} check"
+        f"{' with ' + small['with'] if small.get('with') else ''}): ids = {small['ids']}",
     ]
     code = snippet(str(audit["framework"]), small)
     if code:

@@ -29,10 +29,21 @@ BUDGET = 12
 
 def attach_smallest(handle: ModelHandle, opts: AuditOptions, report: AuditReport) -> None:
     """Set ``report.smallest`` to the smallest batch that still fails (None: none smaller)."""
-    leaks = report.leaks
-    if not leaks or not report.batch.get("ids"):
+    targets = [f for f in report.leaks if _depends_on_batch(f)]
+    if not targets or not report.batch.get("ids"):
         return
-    report.smallest = Shrinker(handle, opts, leaks[0]).run(_batch_of(report))
+    report.smallest = Shrinker(handle, opts, targets[0]).run(_batch_of(report))
+
+
+#: update causes that do not depend on the batch (the optimizer moves a non-zero pad row).
+_BATCH_FREE = ("weight_decay", "optimizer")
+
+
+def _depends_on_batch(finding: Finding) -> bool:
+    """Say whether a smaller batch can show ``finding`` (not one the optimizer alone makes)."""
+    if finding.check in ("grad", "invariance"):
+        return True
+    return finding.check == "update" and finding.cause not in _BATCH_FREE
 
 
 def _batch_of(report: AuditReport) -> PadBatch:
@@ -73,7 +84,10 @@ class Shrinker:
     def __init__(self, handle: ModelHandle, opts: AuditOptions, target: Finding) -> None:
         self.handle = handle
         self.target = target
-        self.opts = dataclasses.replace(opts, checks=(target.check,))
+        # the default SGD: a batch-dependent update leak moves the row under any optimizer,
+        # and the user's optimizer factory is never called again for the search
+        self.opts = dataclasses.replace(opts, checks=(target.check,), optimizer=None)
+        self.swapped = target.check == "update" and opts.optimizer is not None
         self.runs = 0
 
     def fails(self, batch: PadBatch) -> bool:
@@ -113,6 +127,7 @@ class Shrinker:
             "real_tokens": real,
             "pads": int(best.ids.size) - real,
             "runs": self.runs,
+            "with": "the default SGD" if self.swapped else None,
             "from_shape": list(batch.shape),
         }
 
