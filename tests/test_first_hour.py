@@ -84,6 +84,24 @@ def test_list_options_take_toml_lists_commas_and_spaces(suite, value):
     result.stdout.fnmatch_lines(["OPTIONS ['grad', 'update'] ['tied', 'no_padding_idx'] 16 1"])
 
 
+def test_native_toml_numbers_and_lists(suite):
+    if tuple(int(p) for p in pytest.__version__.split(".")[:2]) < (9, 2):
+        pytest.skip("[tool.pytest] with typed values needs pytest 9.2")
+    suite.makepyprojecttoml(
+        """
+        [tool.pytest]
+        padaudit_checks = ["grad", "update"]
+        padaudit_allow = ["tied"]
+        padaudit_seq_len = 12
+        padaudit_rtol = 0.5
+        """
+    )
+    suite.makepyfile(OPTIONS_TEST)
+    result = suite.runpytest("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["OPTIONS ['grad', 'update'] ['tied'] 12 1"])
+
+
 @pytest.mark.parametrize(
     ("args", "ini", "message"),
     [
@@ -95,7 +113,7 @@ def test_list_options_take_toml_lists_commas_and_spaces(suite, value):
         (["--padaudit-checks=grad,bogus"], "", "ERROR: --padaudit-checks=grad,bogus: checks=*"),
         (["--padaudit-rtol=0"], "", "ERROR: --padaudit-rtol=0.0: rtol=0.0 is not valid: *"),
         ([], "padaudit_allow = gradient", "ERROR: ini option padaudit_allow = *allow=*"),
-        ([], "padaudit_steps = 0", "ERROR: ini option padaudit_steps = '0': steps=0 is not valid*"),
+        ([], "padaudit_steps = 0", "ERROR: ini option padaudit_steps = *0*: steps=0 is not valid*"),
         (
             [],
             "padaudit_seq_len = long",
@@ -119,7 +137,7 @@ def test_command_line_twins_share_the_ini_help_and_beat_ini(suite):
     flat = " ".join(help_text.split())
     for s in SETTINGS:  # one help text per option, shown by both forms
         assert f"{s.flag}={s.metavar}" in flat and f"{s.text}; ini {s.ini}" in flat
-        assert f"{s.ini} ({'args' if s.kind == 'list' else 'string'}): {s.text}; {s.flag}" in flat
+        assert re.search(rf"{s.ini} \([^)]*\): {re.escape(s.text)}; {s.flag}", flat), s.ini
     suite.makeini("[pytest]\npadaudit_seq_len = 12\npadaudit_steps = 2\npadaudit_checks = grad\n")
     suite.makepyfile(
         """
@@ -420,3 +438,16 @@ def test_print_and_the_session_report_agree_on_every_verdict(suite, monkeypatch)
     printed = next(line for line in result.outlines if line.startswith("PRINTED"))
     row = next(line for line in result.outlines if line.startswith("test_agree.py::test_mean"))
     assert printed.endswith("LEAK: invariance") and row.endswith("LEAK: invariance")
+
+
+def test_shrinking_leaves_the_model_and_rng_as_they_were():
+    model = Tagger(None)
+    model.embed.weight.grad = torch.full_like(model.embed.weight, 0.25)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    model.eval()
+    report = audit(model, pad_idx=0)
+    assert report.smallest is not None and report.smallest["runs"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model.embed.weight.grad, torch.full_like(model.embed.weight, 0.25))
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training

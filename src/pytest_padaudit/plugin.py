@@ -79,8 +79,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             text += ", overridden by this option in every audit"
         kind = {"int": int, "float": float}.get(s.kind, str)  # argparse says a bad number
         group.addoption(s.flag, dest=s.ini, type=kind, default=None, metavar=s.metavar, help=text)
-        parser.addini(s.ini, f"{s.text}; {s.flag}", type="args" if s.kind == "list" else None)
+        _addini(parser, s)
     zerocode.addoption(group)
+
+
+def _addini(parser: pytest.Parser, s: Setting) -> None:
+    """Register the ini twin; numbers also as TOML numbers where pytest takes unions (9.2+)."""
+    text = f"{s.text}; {s.flag}"
+    if s.kind == "list":
+        parser.addini(s.ini, text, type="args")  # a TOML list, or text split as in a shell
+        return
+    kind = {"int": int, "float": float}.get(s.kind)
+    if kind is not None:
+        try:
+            parser.addini(s.ini, text, type=kind | str, default="")
+            return
+        except (AssertionError, TypeError, ValueError):  # an older pytest: text only
+            pass
+    parser.addini(s.ini, text, default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
