@@ -175,3 +175,17 @@ def test_checkpoint_option(pytester: pytest.Pytester) -> None:
     missing = pytester.runpytest("--padaudit-checkpoint=nothere.pt")
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
     missing.stderr.fnmatch_lines(["ERROR: --padaudit-checkpoint=nothere.pt: no file *"])
+
+
+def test_a_generated_item_id_is_a_command_line_argument(pytester: pytest.Pytester) -> None:
+    """``pytest 'padaudit-checkpoint[...]'`` (a node id pytest would reject as a path) runs
+    that item alone, as the rerun lines print it."""
+    dirty = torch.nn.Embedding(10, 4)
+    torch.save({"emb.weight": dirty.weight.detach()}, pytester.path / "dirty.pt")
+    pytester.makepyfile(test_other="def test_other():\n    pass\n")
+    result = pytester.runpytest("-v", "padaudit-checkpoint[dirty.pt?pad_idx=0]")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["padaudit-checkpoint?dirty.pt?pad_idx=0? FAILED*"])
+    assert "test_other" not in result.stdout.str()
+    both = pytester.runpytest("padaudit-checkpoint[dirty.pt?pad_idx=0]", "test_other.py")
+    both.assert_outcomes(passed=1, failed=1)

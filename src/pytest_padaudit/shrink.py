@@ -5,7 +5,9 @@ own batch: fewest sequences first, then fewest real tokens and pads. Only batche
 engine confirms still leak are kept; the search stops after :data:`BUDGET` re-runs. The
 result lands in ``AuditReport.smallest`` as literal ids, ready for a plain reproduction.
 
-Framework-free: it talks to the model only through ``engine.run_audit``.
+Framework-free: it talks to the model only through ``engine.run_audit`` (so the
+``padaudit_audit_finished`` hook sees each re-run too, with the same ``report.test``, and
+its vetoes count). Re-runs step the default SGD, never the user's optimizer again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def attach_smallest(handle: ModelHandle, opts: AuditOptions, report: AuditReport
     targets = [f for f in report.leaks if _depends_on_batch(f)]
     if not targets or not report.batch.get("ids"):
         return
-    report.smallest = Shrinker(handle, opts, targets[0]).run(_batch_of(report))
+    shrinker = Shrinker(handle, opts, targets[0], report.test)
+    report.smallest = shrinker.run(_batch_of(report))
 
 
 #: update causes that do not depend on the batch (the optimizer moves a non-zero pad row).
@@ -81,8 +84,11 @@ def cut(batch: PadBatch, rows: list[int], lengths: list[int], width: int) -> Pad
 class Shrinker:
     """Search smaller batches on which ``target`` (a finding of the audit) still fails."""
 
-    def __init__(self, handle: ModelHandle, opts: AuditOptions, target: Finding) -> None:
+    def __init__(
+        self, handle: ModelHandle, opts: AuditOptions, target: Finding, test: str | None = None
+    ) -> None:
         self.handle = handle
+        self.test = test
         self.target = target
         # the default SGD: a batch-dependent update leak moves the row under any optimizer,
         # and the user's optimizer factory is never called again for the search
@@ -96,7 +102,7 @@ class Shrinker:
 
         self.runs += 1
         try:
-            report = run_audit(self.handle, self.opts, batch=batch)
+            report = run_audit(self.handle, self.opts, test=self.test, batch=batch)
         except Exception:  # e.g. a model that needs its own batch size: not a smaller failure
             return False
         same_layer = self.target.check == "invariance"

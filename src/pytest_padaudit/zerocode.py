@@ -68,6 +68,8 @@ def configure(config: pytest.Config) -> None:
     if ids:
         config.args[:] = [a for a in config.args if a not in ids]
         models, checkpoints = list(dict.fromkeys(models)), list(dict.fromkeys(checkpoints))
+        config.option.padaudit_model = models  # pytest-xdist workers read the options
+        config.option.padaudit_checkpoint = checkpoints
     if models or checkpoints:
         config.pluginmanager.register(ZeroCode(models, checkpoints), "padaudit-zerocode")
 
