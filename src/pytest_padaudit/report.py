@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .layout import GAP, align, fit_widths, heading, span, wrap
+
 if TYPE_CHECKING:
     from .result import AuditReport
 
@@ -32,7 +34,6 @@ HEAD = (
 )
 #: the columns under a per-audit heading, when the test id cannot have a column.
 NARROW_HEAD = ("layer", "pad", "max|g|", "max|Δ| (cause)", "inv.diff", "verdict")
-_GAP = "  "
 
 
 def primitives(value: Any) -> Any:
@@ -101,53 +102,6 @@ def table_verdicts(audit: Audit) -> list[tuple[Audit, str, str]]:
     return out
 
 
-def _align(rows: Sequence[Sequence[str]], widths: Sequence[int]) -> list[str]:
-    """Lay out rows; a cell longer than its column wraps onto continuation lines."""
-    lines = []
-    for row in rows:
-        parts = [wrap(cell, w) for cell, w in zip(row, widths, strict=True)]
-        for i in range(max(len(p) for p in parts)):
-            cells = [
-                (p[i] if i < len(p) else "").ljust(w) for p, w in zip(parts, widths, strict=True)
-            ]
-            lines.append(_GAP.join(cells).rstrip())
-    return lines
-
-
-_BREAK_AFTER = "./ ,:-"
-
-
-def wrap(text: str, width: int) -> list[str]:
-    """Split ``text`` into lines of at most ``width``, breaking after ``. / , : -`` or
-    before ``[`` where possible; nothing is cut away."""
-    if len(text) <= width or width < 1:
-        return [text]
-    pieces, start = [], 0
-    for i, ch in enumerate(text):
-        if ch in _BREAK_AFTER:
-            pieces.append(text[start : i + 1])
-            start = i + 1
-        elif ch == "[" and i > start:
-            pieces.append(text[start:i])
-            start = i
-    pieces.append(text[start:])
-    lines = [""]
-    for piece in filter(None, pieces):
-        while len(piece) > width:  # no break point: split the piece itself
-            room = width - len(lines[-1]) if lines[-1] else width
-            lines[-1] += piece[:room]
-            lines.append("")
-            piece = piece[room:]
-        if len(lines[-1]) + len(piece) > width:
-            lines.append("")
-        lines[-1] += piece
-    return [line.rstrip() for line in lines if line.strip()] or [text]
-
-
-def _longest_piece(text: str) -> int:
-    return max(len(p) for p in wrap(text, 1)) if text else 0
-
-
 def render_text(report: AuditReport) -> str:
     """Return a table: one row per table with each check's measured value and a verdict."""
     data = primitives(report.to_dict())
@@ -156,12 +110,12 @@ def render_text(report: AuditReport) -> str:
         (t["layer"], str(t["kind"]), _pad(t), _grad(t), _update(t), verdict)
         for t, _, verdict in table_verdicts(data)
     ]
-    widths = _widths(head, rows, (), None)
+    widths = fit_widths(head, rows, (), None)
     lines = [
         f"padaudit: {report.model} ({report.framework}), seed {report.seed}: "
         + ("passed" if report.passed else f"{len(report.leaks)} finding(s)"),
-        *_heading(head, widths),
-        *_align(rows, widths),
+        *heading(head, widths),
+        *align(rows, widths),
     ]
     inv = report.invariance
     if inv is not None:
@@ -310,56 +264,25 @@ def render_table(audits: Sequence[Audit], width: int | None = None) -> list[tupl
     rows = [row for _, group in groups for row in group]
     if not rows:
         return []
-    widths = _widths(HEAD, [r.cells for r in rows], (), None)
-    if not width or _span(widths) <= width:
-        lines = [(line, "header") for line in _heading(HEAD, widths)]
-        return lines + [(line, r.status) for r in rows for line in _align([r.cells], widths)]
-    indent = " " * len(_GAP)
-    widths = _widths(NARROW_HEAD, [r.cells[3:] for r in rows], WRAP, width - len(indent))
-    lines = [(indent + line, "header") for line in _heading(NARROW_HEAD, widths)]
+    widths = fit_widths(HEAD, [r.cells for r in rows], (), None)
+    if not width or span(widths) <= width:
+        lines = [(line, "header") for line in heading(HEAD, widths)]
+        return lines + [(line, r.status) for r in rows for line in align([r.cells], widths)]
+    indent = " " * len(GAP)
+    widths = fit_widths(NARROW_HEAD, [r.cells[3:] for r in rows], WRAP, width - len(indent))
+    lines = [(indent + line, "header") for line in heading(NARROW_HEAD, widths)]
     for audit, group in groups:
         title = f"{audit.get('test')} · {audit['model']} ({audit['framework']})"
         status = "audit" if audit["passed"] else "leak"
         for i, part in enumerate(wrap(title, width - (4 if width > 20 else 0))):
             lines.append((("    " if i else "") + part, status))
         for r in group:
-            lines += [(indent + line, r.status) for line in _align([r.cells[3:]], widths)]
+            lines += [(indent + line, r.status) for line in align([r.cells[3:]], widths)]
     return lines
 
 
 #: narrow-table columns that may wrap (layer, update, verdict).
 WRAP = (0, 3, 5)
-
-
-def _heading(head: Sequence[str], widths: Sequence[int]) -> list[str]:
-    return [*_align([head], widths), _GAP.join("-" * w for w in widths)]
-
-
-def _span(widths: Sequence[int]) -> int:
-    return sum(widths) + len(_GAP) * (len(widths) - 1)
-
-
-def _widths(
-    head: Sequence[str],
-    table: Sequence[Sequence[str]],
-    wrappable: Sequence[int],
-    width: int | None,
-) -> list[int]:
-    """Return column widths; the ``wrappable`` columns narrow until the table fits ``width``.
-
-    Each step takes one character from the widest wrappable column that can still wrap
-    (a column never gets narrower than its longest unbreakable piece or its heading).
-    """
-    widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
-    floor = {i: max([len(head[i]), *(_longest_piece(row[i]) for row in table)]) for i in wrappable}
-    over = _span(widths) - (width or _span(widths))
-    while over > 0:
-        room = [i for i in wrappable if widths[i] > floor[i]]
-        if not room:
-            break
-        widths[max(room, key=lambda i: widths[i] - floor[i])] -= 1
-        over -= 1
-    return widths
 
 
 def build_json(audits: Sequence[Audit], generator: str) -> dict[str, Any]:
