@@ -35,7 +35,10 @@ def attach_smallest(handle: ModelHandle, opts: AuditOptions, report: AuditReport
     if not targets or not report.batch.get("ids"):
         return
     shrinker = Shrinker(handle, opts, targets[0], report.test)
-    report.smallest = shrinker.run(_batch_of(report))
+    try:
+        report.smallest = shrinker.run(_batch_of(report))
+    except Exception as exc:  # the search is a bonus: it never hides the audit's verdict
+        report.notes.append(f"the failing batch was not shrunk: {type(exc).__name__}: {exc}")
 
 
 #: update causes that do not depend on the batch (the optimizer moves a non-zero pad row).
