@@ -85,4 +85,4 @@ def test_marker_and_fixture_on_keras_models(pytester):
     assert "Dense 'dense' receives the mask without applying it" in out
     assert "allow=('unmasked',)" in out
     assert "[update] tok (pad id 0)" in out and "AdamW(weight_decay=0.004)" in out
-    assert "pytest --padaudit-seed=0" in out
+    assert "rerun:     pytest 'test_models.py::test_leaky' --padaudit-seed=0" in out

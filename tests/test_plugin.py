@@ -56,9 +56,11 @@ def test_fixture_passes_and_fails(suite):
             "*PadLeakError: padaudit found 2 pad leaks in Tagger (torch) in test "
             "test_fixture_passes_and_fails.py::test_leak",
             "*[[]grad[]] embed (pad id 0): pad-row gradient max|g| = *",
-            "*cause: nn.Embedding has no padding_idx*",
+            "*why:   nn.Embedding has no padding_idx*",
             "*fix:   construct it with padding_idx=0*",
-            "*reproduce: audit(model, pad_idx=0, seed=0)*pytest --padaudit-seed=0*",
+            "*cause: no_padding_idx (allow=('no_padding_idx',) reports it without failing)",
+            "*reproduce: audit(model, pad_idx=0, seed=0)",
+            "*rerun:     pytest 'test_fixture_passes_and_fails.py::test_leak' --padaudit-seed=0",
         ]
     )
 

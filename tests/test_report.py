@@ -120,7 +120,7 @@ def test_leaking_rows_are_red_when_colour_is_on(demo: pytest.Pytester) -> None:
     assert "\x1b[31m" in lines[-1]  # the total says there is a leak
 
 
-def test_long_layer_and_test_names_are_shortened_in_the_middle(
+def test_long_layer_and_test_names_are_never_cut(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "150")
@@ -144,14 +144,16 @@ def test_long_layer_and_test_names_are_shortened_in_the_middle(
     result.assert_outcomes(passed=2)
     lines = section(result)
     assert all(len(line) <= 150 for line in lines), "\n".join(lines)
-    deep = next(line for line in lines if "Deep" in line)
-    test_cell, layer_cell = deep.split()[0], deep.split()[3]
-    assert test_cell.startswith("test_long.py::") and test_cell.endswith("-long]")
-    assert "…" in test_cell
-    assert layer_cell.startswith("encoder_stack") and layer_cell.endswith("pieces")
-    assert "…" in layer_cell
-    # a long id shortens its own cell only: the short test keeps its full id
-    assert any(line.startswith("test_long.py::test_short ") for line in lines)
+    text = "\n".join(lines)
+    assert "…" not in text
+    test_id = (
+        "test_long.py::test_deep_model_with_a_rather_long_test_function_name"
+        "[a-parameter-id-that-makes-this-test-id-long]"
+    )
+    assert f"{test_id} · Deep (torch)" in lines  # the parameter id is whole
+    layer = "encoder_stack_with_a_long_name.token_embedding_table_for_subword_pieces"
+    assert any(line.split()[0] == layer for line in lines if line.strip())
+    assert "test_long.py::test_short · Tiny (torch)" in lines
 
 
 def test_narrow_terminal_puts_each_audit_under_a_heading(
@@ -407,17 +409,52 @@ def _audit(test: str, layer: str, *, leak: bool = False) -> dict:
     }
 
 
-def test_render_table_middle_ellipsis_keeps_both_ends() -> None:
+def _layer_cells(lines: list[tuple[str, str]], width: int) -> list[str]:
+    """Rebuild each row's layer cell from a narrow table (continuation lines joined)."""
+    body = [line for line, status in lines[2:] if line.startswith("  ")]
+    cells: list[str] = []
+    for line in body:
+        first = line[2 : 2 + width].strip()
+        if line[4 + width : 7 + width].strip():  # a row's first line: it has a pad id
+            cells.append(first)
+        else:
+            cells[-1] += first
+    return cells
+
+
+def test_render_table_wraps_long_layers_and_keeps_them_apart_at_80_columns() -> None:
+    layers = [f"bert.embeddings.{n}_embeddings" for n in ("word", "position", "token_type")]
+    audit = _audit("tests/test_models.py::test_bert[tiny-config]", layers[0], leak=True)
+    audit["tables"] = [{**audit["tables"][0], "layer": name} for name in layers]
+    audit["findings"].append({**audit["findings"][0], "check": "invariance", "layer": "(model)"})
+    lines = render.render_table([audit], width=80)
+    assert all(len(line) <= 80 for line, _ in lines), "\n".join(x for x, _ in lines)
+    text = "\n".join(line for line, _ in lines)
+    assert "…" not in text and "tests/test_models.py::test_bert[tiny-config]" in text
+    width = len(lines[1][0].split()[0])  # the dashes under "layer"
+    assert _layer_cells(lines, width) == layers  # whole, wrapped at the dots
+    statuses = [status for _, status in lines]
+    assert statuses.count("leak") >= 1 + 3  # the heading and every row of the leaking audit
+
+
+def test_render_table_keeps_whole_test_ids_at_140_to_180_columns() -> None:
     layer = "encoder.layers.0.attention.self.token_type_embeddings"
     audits = [_audit("tests/test_a.py::test_one", layer, leak=True)]
-    lines = render.render_table(audits, width=150)
+    for width in (140, 150):  # too narrow for one line per row: headings, nothing cut
+        lines = render.render_table(audits, width=width)
+        assert lines[2] == ("tests/test_a.py::test_one · Tiny (torch)", "leak")
+        assert lines[3][0].split()[0] == layer and lines[3][1] == "leak"
+    lines = render.render_table(audits, width=180)
     row = lines[2][0]
-    assert len(row) == 150 and lines[2][1] == "leak"
-    cell = row.split()[3]
-    assert cell.startswith("encoder.") and cell.endswith("embeddings") and "…" in cell
+    assert len(row) <= 180 and lines[2][1] == "leak"
+    assert row.split()[0] == "tests/test_a.py::test_one" and row.split()[3] == layer
     assert row.split()[-2:] == ["LEAK:", "grad"] and row.split()[-3] == "inf"
-    assert lines[3][1] == "skipped" and lines[3][0].split()[-1] == "skipped"
-    assert render.render_table(audits, width=None)[2][0].split()[3] == layer
+    assert lines[3][1] == "skipped" and lines[3][0].endswith("skipped: no pad id")
+    long_id = "examples/test_torch_models.py::test_classifiers_with_adamw[bag]"
+    narrow = render.render_table([_audit(long_id, "bag")], width=60)
+    assert all(len(line) <= 60 for line, _ in narrow)
+    headings = [line.strip() for line, status in narrow if status == "audit"]
+    assert long_id in "".join(headings)  # wrapped, not cut to examples…amw[bag]
 
 
 def test_summary_counts_audited_tables_and_a_finding_without_table() -> None:
@@ -425,9 +462,7 @@ def test_summary_counts_audited_tables_and_a_finding_without_table() -> None:
     audit["findings"] = [{**_audit("t::x", "(model)", leak=True)["findings"][0]}]
     audit["passed"] = False
     summary = render.summarize([audit, _audit("t::y", "emb")])
-    assert render.total_line(summary) == (
-        "2 tables audited in 2 tests: 1 leaking, 2 skipped (no pad id)"
-    )
+    assert render.total_line(summary) == ("2 tables audited in 2 tests: 1 leaking, 2 skipped")
     assert render.primitives({"a": float("nan"), "b": (1, float("-inf"))}) == {
         "a": "nan",
         "b": [1, "-inf"],

@@ -89,7 +89,7 @@ def test_model_factories_become_items(zoo: pytest.Pytester) -> None:
             "padaudit?zoo.models:clean? PASSED*",
             "padaudit?zoo.models:leaky?pad_idx=0&seq_len=8? FAILED*",
             "*[[]grad[]] emb (pad id 0): pad-row gradient max|g| = *",
-            "*cause: nn.Embedding has no padding_idx*",
+            "*why:   nn.Embedding has no padding_idx*",
             "*reproduce: audit(model, pad_idx=0, seed=0, seq_len=8)*",
             "*batch: ids int64[[]4, 8[]]*",
         ]
@@ -150,7 +150,7 @@ def test_hugging_face_factory_with_inline_allow(pytester: pytest.Pytester) -> No
         "--padaudit-model=hfzoo:mlm", "--padaudit-model=hfzoo:mlm?allow=tied", "-rA"
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*cause: the LM head cls.predictions.decoder shares this weight*"])
+    result.stdout.fnmatch_lines(["*why:   the LM head cls.predictions.decoder shares this weight*"])
 
 
 def test_checkpoint_option(pytester: pytest.Pytester) -> None:
@@ -175,3 +175,17 @@ def test_checkpoint_option(pytester: pytest.Pytester) -> None:
     missing = pytester.runpytest("--padaudit-checkpoint=nothere.pt")
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
     missing.stderr.fnmatch_lines(["ERROR: --padaudit-checkpoint=nothere.pt: no file *"])
+
+
+def test_a_generated_item_id_is_a_command_line_argument(pytester: pytest.Pytester) -> None:
+    """``pytest 'padaudit-checkpoint[...]'`` (a node id pytest would reject as a path) runs
+    that item alone, as the rerun lines print it."""
+    dirty = torch.nn.Embedding(10, 4)
+    torch.save({"emb.weight": dirty.weight.detach()}, pytester.path / "dirty.pt")
+    pytester.makepyfile(test_other="def test_other():\n    pass\n")
+    result = pytester.runpytest("-v", "padaudit-checkpoint[dirty.pt?pad_idx=0]")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["padaudit-checkpoint?dirty.pt?pad_idx=0? FAILED*"])
+    assert "test_other" not in result.stdout.str()
+    both = pytester.runpytest("padaudit-checkpoint[dirty.pt?pad_idx=0]", "test_other.py")
+    both.assert_outcomes(passed=1, failed=1)

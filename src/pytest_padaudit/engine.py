@@ -46,7 +46,13 @@ def audit(model: object, **options: Any) -> AuditReport:
     report as allowed instead of failing). Raise :class:`PadAuditError` on bad input.
     """
     opts = AuditOptions.from_kwargs(**options)
-    return run_audit(adapt(model, opts), opts)
+    handle = adapt(model, opts)
+    report = run_audit(handle, opts)
+    if not report.passed:
+        from .shrink import attach_smallest
+
+        attach_smallest(handle, opts, report)
+    return report
 
 
 def find_handle(model: object, options: AuditOptions | None = None) -> ModelHandle | None:
@@ -66,15 +72,22 @@ def adapt(model: object, options: AuditOptions) -> ModelHandle:
     return handle
 
 
-def run_audit(handle: ModelHandle, opts: AuditOptions, test: str | None = None) -> AuditReport:
+def run_audit(
+    handle: ModelHandle,
+    opts: AuditOptions,
+    test: str | None = None,
+    batch: PadBatch | None = None,
+) -> AuditReport:
     """Run the selected checks on ``handle`` inside its preserve() block.
 
-    ``test`` names the test the audit runs for (the result hook sees it).
+    ``test`` names the test the audit runs for (the result hook sees it); ``batch``
+    replaces the synthetic batch (shrink.py re-runs the checks on smaller ones).
     """
     tables = handle.tables(opts.pad_idx)
     found = candidates(handle, tables, opts)
     primary = likely_token_table(handle, found)
-    batch = _batch_for(handle, opts, primary, found)
+    if batch is None:
+        batch = _batch_for(handle, opts, primary, found)
     report = AuditReport(
         framework=handle.framework,
         model=handle.model_class,

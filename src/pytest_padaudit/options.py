@@ -66,16 +66,10 @@ class AuditOptions:
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
     def reproduce(self) -> str:
-        """Return the ``audit(...)`` call that repeats this audit."""
-        default = AuditOptions()
-        parts = ["model"]
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "seed" or value != getattr(default, f.name):
-                shown = _jsonable(value)
-                code = callable(value) and not isinstance(value, OptimizerClass)
-                parts.append(f"{f.name}={shown if code else repr(shown)}")
-        return f"audit({', '.join(parts)})"
+        """Return the ``audit(...)`` call that repeats this audit (pasteable)."""
+        from .repro import audit_call
+
+        return audit_call(self)
 
 
 def framework_seed(seed: int) -> int:

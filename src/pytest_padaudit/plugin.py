@@ -6,6 +6,7 @@ This module imports no framework and no NumPy: a session that runs no audit pays
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,21 +20,58 @@ if TYPE_CHECKING:
 #: ``--padaudit-report``: the reports after the run, and audits carried in test reports.
 pytest_plugins = ["pytest_padaudit.reporting"]
 MARKER = "padaudit"
-#: ini options that give audit defaults (call kwargs > marker kwargs > ini).
-INI_OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "seed": (int, "seed of the synthetic batch and loss weights (default 0)"),
-    "batch_size": (int, "sequences in the synthetic batch (default 4)"),
-    "seq_len": (int, "columns of the synthetic batch (default 16)"),
-    "steps": (int, "optimizer steps of the update check (default 1)"),
-    "checks": (str.split, "checks to run: grad update invariance (default all)"),
-    "loss": (str, "loss over the outputs: all or masked (default all)"),
-    "atol": (float, "tolerance of the grad and update checks (default 0.0)"),
-    "rtol": (float, "relative tolerance of the invariance check (default 1e-4)"),
-    "padding_side": (str, "right or left (default right)"),
-    "allow": (str.split, "finding causes reported as allowed, e.g. tied"),
-    "optimizer": (str, "optimizer class by dotted path, e.g. torch.optim.AdamW(weight_decay=0.1)"),
-}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One audit option settable for a whole session: ``--padaudit-NAME`` and ini ``padaudit_NAME``.
+
+    ``text`` is the one help text both forms show; ``kind`` says how to read the text
+    form: ``int``, ``float``, ``str`` or ``list`` (commas, spaces or a TOML list).
+    """
+
+    name: str
+    kind: str
+    metavar: str
+    text: str
+
+    @property
+    def flag(self) -> str:
+        return "--padaudit-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "padaudit_" + self.name
+
+
+SETTINGS = (
+    Setting("seed", "int", "N", "seed of the synthetic batch, loss weights and RNG (default 0)"),
+    Setting("checks", "list", "NAMES", "checks to run: grad,update,invariance (default all)"),
+    Setting("allow", "list", "CAUSES", "finding causes reported as allowed, e.g. tied"),
+    Setting("steps", "int", "N", "optimizer steps of the update check (default 1)"),
+    Setting("seq_len", "int", "N", "columns of the synthetic batch (default 16)"),
+    Setting("batch_size", "int", "N", "sequences in the synthetic batch (default 4)"),
+    Setting("rtol", "float", "X", "relative tolerance of the invariance check (default 1e-4)"),
+    Setting("atol", "float", "X", "tolerance of the grad and update checks (default 0.0)"),
+    Setting("loss", "str", "all|masked", "loss over the outputs: all or masked (default all)"),
+    Setting("padding_side", "str", "right|left", "where the batch pads (default right)"),
+    Setting(
+        "optimizer",
+        "str",
+        "PATH",
+        "optimizer class by dotted path, e.g. 'torch.optim.AdamW(weight_decay=0.1)'",
+    ),
+)
+PRECEDENCE = (
+    "precedence: a padaudit(...) call > @pytest.mark.padaudit > command line > ini; "
+    "--padaudit-seed overrides every audit's seed"
+)
 DEFAULTS = pytest.StashKey[dict[str, Any]]()
+SEED = pytest.StashKey["int | None"]()
+#: the options of an item (defaults and marker merged, validated), resolved once at setup.
+ITEM_OPTIONS = pytest.StashKey[dict[str, Any]]()
+#: the item uses the ``padaudit`` fixture but carries no marker of its own.
+IMPLICIT = pytest.StashKey[bool]()
 REPORTS = pytest.StashKey[list["AuditReport"]]()
 CALLED = pytest.StashKey[bool]()
 MODELS = pytest.StashKey[list[tuple[str, object]]]()
@@ -41,16 +79,30 @@ MODELS = pytest.StashKey[list[tuple[str, object]]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("padaudit", "pad-row gradient audits (pytest-padaudit)")
-    group.addoption(
-        "--padaudit-seed",
-        type=int,
-        default=None,
-        metavar="N",
-        help="seed of every audit, overriding markers and calls (ini: padaudit_seed)",
-    )
+    for s in SETTINGS:
+        text = f"{s.text}; ini {s.ini}"
+        if s.name == "seed":
+            text += ", overridden by this option in every audit"
+        kind = {"int": int, "float": float}.get(s.kind, str)  # argparse says a bad number
+        group.addoption(s.flag, dest=s.ini, type=kind, default=None, metavar=s.metavar, help=text)
+        _addini(parser, s)
     zerocode.addoption(group)
-    for name, (_, text) in INI_OPTIONS.items():
-        parser.addini(f"padaudit_{name}", text, default="")
+
+
+def _addini(parser: pytest.Parser, s: Setting) -> None:
+    """Register the ini twin; numbers also as TOML numbers where pytest takes unions (9.2+)."""
+    text = f"{s.text}; {s.flag}"
+    if s.kind == "list":
+        parser.addini(s.ini, text, type="args")  # a TOML list, or text split as in a shell
+        return
+    kind = {"int": int, "float": float}.get(s.kind)
+    if kind is not None:
+        try:
+            parser.addini(s.ini, text, type=kind | str, default="")
+            return
+        except (AssertionError, TypeError, ValueError):  # an older pytest: text only
+            pass
+    parser.addini(s.ini, text, default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,23 +111,51 @@ def pytest_configure(config: pytest.Config) -> None:
         "padaudit(**options, model=None): audit the test's model arguments for padding "
         "leaks after the test passes (options as for pytest_padaudit.audit)",
     )
-    config.stash[DEFAULTS] = _ini_defaults(config)
+    defaults, seed = session_settings(config)
+    config.stash[DEFAULTS] = defaults
+    config.stash[SEED] = seed
     zerocode.configure(config)
 
 
-def _ini_defaults(config: pytest.Config) -> dict[str, Any]:
-    defaults = {}
-    for name, (convert, _) in INI_OPTIONS.items():
-        raw = str(config.getini(f"padaudit_{name}")).strip()
-        if not raw:
-            continue
-        try:
-            defaults[name] = convert(raw)
-        except ValueError:
-            raise pytest.UsageError(
-                f"ini option padaudit_{name} = {raw!r} is not valid: {INI_OPTIONS[name][1]}"
-            ) from None
-    return defaults
+def session_settings(config: pytest.Config) -> tuple[dict[str, Any], int | None]:
+    """Read every setting from ini then command line; raise UsageError on a bad value.
+
+    Return the session defaults (command line over ini) and the ``--padaudit-seed``
+    override (None when not given).
+    """
+    defaults: dict[str, Any] = {}
+    seed = None
+    for s in SETTINGS:
+        ini = config.getini(s.ini)
+        if ini not in ("", [], None):
+            defaults[s.name] = _read(s, ini, f"ini option {s.ini} = {ini!r}")
+        given = config.getoption(s.ini, default=None)
+        if given is not None:
+            value = _read(s, given, f"{s.flag}={given}")
+            if s.name == "seed":
+                seed = value
+            else:
+                defaults[s.name] = value
+    return defaults, seed
+
+
+def _read(s: Setting, raw: Any, source: str) -> Any:
+    """Convert one text (or TOML list) value and validate it as the audit option."""
+    from .options import AuditOptions  # options.py imports no framework and no NumPy
+
+    try:
+        if s.kind == "list":
+            items = raw if isinstance(raw, list) else [str(raw)]
+            value: Any = tuple(p for item in items for p in str(item).replace(",", " ").split())
+        else:
+            text = str(raw).strip()
+            value = int(text) if s.kind == "int" else float(text) if s.kind == "float" else text
+        AuditOptions.from_kwargs(**{s.name: value})
+    except ValueError:
+        raise pytest.UsageError(f"{source} is not valid: pass {s.metavar} ({s.text})") from None
+    except PadAuditError as exc:
+        raise pytest.UsageError(f"{source}: {exc}") from None
+    return value
 
 
 #: conftest modules registered with padaudit's own hooks, per pytest plugin manager.
@@ -114,18 +194,68 @@ def _marker_options(item: pytest.Item) -> dict[str, Any]:
     return options
 
 
+def item_options(item: pytest.Item) -> dict[str, Any]:
+    """Return the item's audit options (session defaults < marker), resolved once.
+
+    Raise :class:`PadAuditError` naming the marker when a marker keyword is not valid.
+    """
+    if ITEM_OPTIONS in item.stash:
+        return item.stash[ITEM_OPTIONS]
+    from .options import AuditOptions
+
+    marker = _marker_options(item)
+    wanted = marker.pop("model", None)
+    if wanted is not None and not (
+        isinstance(wanted, str)
+        or (isinstance(wanted, (list, tuple)) and all(isinstance(w, str) for w in wanted))
+    ):
+        raise PadAuditError(
+            f"@pytest.mark.padaudit(model={wanted!r}) on {item.name}: pass the name of a "
+            "fixture the test requests, or a list of names"
+        )
+    try:
+        AuditOptions.from_kwargs(**marker)
+    except PadAuditError as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in marker.items())
+        hint = _did_you_mean(marker)
+        raise PadAuditError(f"@pytest.mark.padaudit({shown}) on {item.name}: {exc}{hint}") from None
+    options = {**item.config.stash[DEFAULTS], **marker}
+    item.stash[ITEM_OPTIONS] = options
+    return options
+
+
+def _did_you_mean(marker: dict[str, Any]) -> str:
+    from dataclasses import fields
+    from difflib import get_close_matches
+
+    from .options import AuditOptions
+
+    known = [f.name for f in fields(AuditOptions)]
+    guesses = [
+        f"{k} -> {close[0]}"
+        for k in marker
+        if k not in known and (close := get_close_matches(k, known, n=1))
+    ]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+
 def audit_for(item: pytest.Item, model: object, call_options: dict[str, Any]) -> AuditReport:
-    """Audit ``model`` for ``item`` with ini < marker < call options; keep the report."""
+    """Audit ``model`` for ``item`` (ini < command line < marker < call); keep the report."""
     from .engine import adapt, run_audit
     from .options import AuditOptions
 
-    options = {**item.config.stash[DEFAULTS], **_marker_options(item), **call_options}
+    options = {**item_options(item), **call_options}
     options.pop("model", None)
-    seed = item.config.getoption("padaudit_seed")
+    seed = item.config.stash.get(SEED, None)
     if seed is not None:
         options["seed"] = seed
     opts = AuditOptions.from_kwargs(**options)
-    report = run_audit(adapt(model, opts), opts, test=item.nodeid)
+    handle = adapt(model, opts)
+    report = run_audit(handle, opts, test=item.nodeid)
+    if not report.passed:
+        from .shrink import attach_smallest
+
+        attach_smallest(handle, opts, report)
     item.stash.setdefault(REPORTS, []).append(report)
     return report
 
@@ -171,15 +301,46 @@ def padaudit(request: pytest.FixtureRequest) -> Auditor:
     return Auditor(request.node)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use the ``padaudit`` fixture, so ``-m padaudit`` selects them."""
+    for item in items:
+        uses = "padaudit" in getattr(item, "fixturenames", ())
+        if uses and item.get_closest_marker(MARKER) is None:
+            item.add_marker(MARKER)
+            item.stash[IMPLICIT] = True
+
+
+def _explicitly_marked(item: pytest.Item) -> bool:
+    """Say whether a test function carries the marker itself (zero-code items audit alone)."""
+    return (
+        isinstance(item, pytest.Function)
+        and not item.stash.get(IMPLICIT, False)
+        and item.get_closest_marker(MARKER) is not None
+    )
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
+    if _explicitly_marked(item):  # before any fixture runs: a bad marker is said up front
+        _usage(item_options, item)
     result = yield
-    if item.get_closest_marker(MARKER) is not None and "padaudit" not in item.fixturenames:
-        try:
-            item.stash[MODELS] = _marked_models(item)
-        except PadAuditError as exc:  # a usage error: say it once, without a traceback
-            pytest.fail(str(exc), pytrace=False)
+    if _explicitly_marked(item) and "padaudit" not in getattr(item, "fixturenames", ()):
+        item.stash[MODELS] = _usage(_marked_models, item)
     return result
+
+
+def _usage(function: Callable[[pytest.Item], Any], item: pytest.Item) -> Any:
+    """Call ``function(item)``; fail the test with the message alone on a PadAuditError.
+
+    ``pytest.fail`` is raised outside the ``except`` block, so the report shows the
+    message once (no "During handling of the above exception" repeat) and no frames.
+    """
+    try:
+        return function(item)
+    except PadAuditError as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -188,8 +349,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     models = item.stash.get(MODELS, [])
     if item.stash.get(CALLED, False):
         return result
-    if not models and item.get_closest_marker(MARKER) is not None:
-        models = _marked_models(item)  # requested the fixture but never called it
+    if not models and _explicitly_marked(item):  # requested the fixture, never called it
+        models = _usage(_marked_models, item)
     failures = [
         report.failure_message()
         for _, model in models
@@ -205,6 +366,8 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
     from .engine import find_handle
 
     funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    own = getattr(getattr(item, "_fixtureinfo", None), "argnames", None) or tuple(funcargs)
+    shown = ", ".join(own) or "none"  # the test's own arguments, not every fixture it pulls
     wanted = _marker_options(item).get("model")
     if wanted is not None:
         names = [wanted] if isinstance(wanted, str) else list(wanted)
@@ -212,7 +375,7 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
         if missing:
             raise PadAuditError(
                 f"@pytest.mark.padaudit(model={wanted!r}): {', '.join(missing)} is not an "
-                f"argument of {item.name}; its arguments are {', '.join(funcargs) or 'none'}. "
+                f"argument of {item.name}; its arguments are {shown}. "
                 "Pass model= the name of a fixture the test requests"
             )
         return [(n, funcargs[n]) for n in names]
@@ -220,7 +383,7 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
     if not models:
         raise PadAuditError(
             f"{item.name} is marked padaudit but none of its arguments is a model "
-            f"(arguments: {', '.join(funcargs) or 'none'}): request the model fixture, name "
+            f"(arguments: {shown}): request the model fixture, name "
             "it with @pytest.mark.padaudit(model='fixture_name'), or call the padaudit fixture"
         )
     return models

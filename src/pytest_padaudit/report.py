@@ -7,12 +7,13 @@ in which they travel from pytest-xdist workers. This module knows no pytest.
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from .layout import GAP, align, fit_widths, heading, span, wrap
 
 if TYPE_CHECKING:
     from .result import AuditReport
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 Audit = Mapping[str, Any]
 #: the ``version`` of the JSON report; bump it when a field changes meaning or goes away.
 JSON_VERSION = 1
-ELLIPSIS = "…"
 HEAD = (
     "test",
     "framework",
@@ -32,11 +32,8 @@ HEAD = (
     "inv. rel. diff",
     "verdict",
 )
-#: columns shortened (middle ellipsis) to fit the terminal: column -> narrowest width.
-FLEX = {0: 16, 3: 12, 2: 10}
 #: the columns under a per-audit heading, when the test id cannot have a column.
 NARROW_HEAD = ("layer", "pad", "max|g|", "max|Δ| (cause)", "inv.diff", "verdict")
-_GAP = "  "
 
 
 def primitives(value: Any) -> Any:
@@ -64,43 +61,50 @@ def _pad(table: Audit) -> str:
     return "-" if table["pad_idx"] is None else str(table["pad_idx"])
 
 
+def _grad(table: Audit) -> str:
+    """The pad row's gradient; a tied table's part through the output head added after it."""
+    head = table.get("head_grad")
+    return _num(table.get("grad")) + (f" (+head {_num(head)})" if head else "")
+
+
 def _update(table: Audit) -> str:
     cause = table.get("update_cause")
-    return _num(table["update"]) + (f" ({cause})" if cause else "")
+    return _num(table.get("update")) + (f" ({cause})" if cause else "")
 
 
 def _verdict(table: Audit, findings: Iterable[Audit]) -> tuple[str, str]:
     """Return (status, words) for a table given the findings that concern it."""
-    if table["pad_idx"] is None or table.get("skipped"):
-        return "skipped", "skipped"
+    if table.get("pad_idx") is None or table.get("skipped"):
+        reason = str(table.get("skipped") or "no pad id").split(" (")[0].split(":")[0]
+        return "skipped", f"skipped: {reason}"
     found = list(findings)
-    leaks = [f["check"] for f in found if not f["allowed"]]
+    leaks = [f["check"] for f in found if not f.get("allowed")]
     if leaks:
         return "leak", "LEAK: " + ", ".join(dict.fromkeys(leaks))
     if found:
-        return "allowed", "allowed: " + ", ".join(dict.fromkeys(f["cause"] for f in found))
+        return "allowed", "allowed: " + ", ".join(dict.fromkeys(str(f["cause"]) for f in found))
     return "clean", "clean"
 
 
-def _align(rows: Sequence[Sequence[str]], widths: Sequence[int]) -> list[str]:
-    return [
-        _GAP.join(_fit(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+def table_verdicts(audit: Audit) -> list[tuple[Audit, str, str]]:
+    """Return (table, status, verdict) for every table of ``audit``.
 
-
-def _fit(text: str, width: int) -> str:
-    """Pad ``text`` to ``width``; shorten it with an ellipsis in the middle when longer."""
-    if len(text) <= width:
-        return text.ljust(width)
-    if width < 3:
-        return text[:width]
-    head = (width - 1) // 2
-    return text[:head] + ELLIPSIS + text[len(text) - (width - 1 - head) :]
+    A finding that names no table (invariance, or one a result hook added) concerns
+    every audited table of the audit. ``print(report)`` and the session report both
+    read their verdicts here, so they always agree.
+    """
+    layers = {t["layer"] for t in audit["tables"]}
+    model_level = [f for f in audit["findings"] if f["layer"] not in layers]
+    out = []
+    for t in audit["tables"]:
+        mine = [f for f in audit["findings"] if f["layer"] == t["layer"]]
+        out.append((t, *_verdict(t, mine + model_level)))
+    return out
 
 
 def render_text(report: AuditReport) -> str:
     """Return a table: one row per table with each check's measured value and a verdict."""
-    data = report.to_dict()
+    data = primitives(report.to_dict())
     head = ("layer", "kind", "pad id", "grad max|g|", "update max|Δ|", "verdict")
     saved = report.kind == "checkpoint"
     if saved:  # no model ran: the saved pad row's norm and its change against the baseline
@@ -108,21 +112,21 @@ def render_text(report: AuditReport) -> str:
     rows = [
         (
             t["layer"],
-            t["kind"],
+            str(t["kind"]),
             _pad(t),
-            _num(t["pad_norm"] if saved else t["grad"]),
+            _num(t.get("pad_norm")) if saved else _grad(t),
             _update(t),
-            _verdict(t, [f for f in data["findings"] if f["layer"] == t["layer"]])[1],
+            verdict,
         )
-        for t in data["tables"]
+        for t, _, verdict in table_verdicts(data)
     ]
-    widths = _widths(head, rows, {}, None)
+    widths = fit_widths(head, rows, (), None)
     lines = [
         f"padaudit{' checkpoint' if saved else ''}: {report.model} ({report.framework})"
         f"{_seed(report.seed)}: "
         + ("passed" if report.passed else f"{len(report.leaks)} finding(s)"),
-        *_heading(head, widths),
-        *_align(rows, widths),
+        *heading(head, widths),
+        *align(rows, widths),
     ]
     inv = report.invariance
     if inv is not None:
@@ -132,7 +136,10 @@ def render_text(report: AuditReport) -> str:
             where = f", first differs in {inv.first_module}" if inv.first_module else ""
             lines.append(f"invariance: rel. diff {_num(inv.value)}{where}")
     lines += [f"note: {n}" for n in report.notes]
-    lines += [f"finding: [{f.check}] {f.layer}: {f.message}" for f in report.findings]
+    lines += [
+        f"finding: [{f.check}] {f.layer}: {f.message}" + (" (allowed)" if f.allowed else "")
+        for f in report.findings
+    ]
     return "\n".join(lines)
 
 
@@ -140,8 +147,38 @@ def _seed(seed: int | None) -> str:
     return "" if seed is None else f", seed {seed}"
 
 
+def reproduce_lines(audit: Audit) -> list[str]:
+    """Return what repeats an audit where it ran: the call, and inside pytest the rerun."""
+    from .repro import rerun_line
+
+    lines = [f"reproduce: {audit['reproduce']}"]
+    if audit.get("test"):
+        lines.append(f"rerun:     {rerun_line(str(audit['test']), audit.get('seed'))}")
+    return lines
+
+
+def smallest_lines(audit: Audit) -> list[str]:
+    """Return the shrunk batch and a three-line plain reproduction (none: nothing shrunk)."""
+    from .repro import snippet
+
+    small = audit.get("smallest")
+    if not small:
+        return []
+    lines = [
+        f"smallest failing batch ({_plural(small['sequences'], 'sequence')}, "
+        f"{_plural(small['real_tokens'], 'real token')}, {_plural(small['pads'], 'pad')}; "
+        f"found in {small['runs']} re-runs of the {small['check']} check"
+        f"{' with ' + small['with'] if small.get('with') else ''}): ids = {small['ids']}",
+    ]
+    code = snippet(str(audit["framework"]), small)
+    if code:
+        lines.append(f"plain {audit['framework']} reproduction:")
+        lines += [f"    {line}" for line in code]
+    return lines
+
+
 def failure_message(report: AuditReport) -> str:
-    """Return the full message of a failing audit: every finding, its cause, fix and seed."""
+    """Return the full message of a failing audit: every finding, why, fix, cause and seed."""
     leaks = report.leaks
     where = f" in test {report.test}" if report.test else ""
     lines = [
@@ -153,16 +190,16 @@ def failure_message(report: AuditReport) -> str:
         pad = "" if f.pad_idx is None else f" (pad id {f.pad_idx})"
         lines += [
             f"[{f.check}] {f.layer}{pad}: {f.message}",
-            f"    cause: {f.why}",
+            f"    why:   {f.why}",
             f"    fix:   {f.fix}",
-            f"    allow: allow=({f.cause!r},) reports it without failing",
+            f"    cause: {f.cause} (allow=({f.cause!r},) reports it without failing)",
             "",
         ]
-    lines += [
-        f"reproduce: {report.reproduce}"
-        + ("" if report.seed is None else f"   or   pytest --padaudit-seed={report.seed}"),
-        *([f"batch: {report.batch_text}"] if report.batch_text else []),
-    ]
+    data = primitives(report.to_dict())
+    lines += reproduce_lines(data)
+    if report.batch_text:  # a checkpoint audit ran no batch
+        lines.append(f"batch: {report.batch_text}")
+    lines += smallest_lines(data)
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
@@ -180,26 +217,18 @@ class Row:
 
 
 def table_rows(audit: Audit) -> list[Row]:
-    """Return one row per embedding table of ``audit``.
-
-    A finding that names no table (invariance, or one a result hook added) concerns
-    every audited table of the audit.
-    """
-    layers = {t["layer"] for t in audit["tables"]}
-    model_level = [f for f in audit["findings"] if f["layer"] not in layers]
+    """Return one row per embedding table of ``audit`` (verdicts as :func:`table_verdicts`)."""
     inv = audit.get("invariance")
     inv_cell = "-" if not inv else "skipped" if inv.get("skipped") else _num(inv.get("value"))
     rows = []
-    for t in audit["tables"]:
-        mine = [f for f in audit["findings"] if f["layer"] == t["layer"]]
-        status, verdict = _verdict(t, mine + model_level)
+    for t, status, verdict in table_verdicts(audit):
         cells = (
             str(audit.get("test") or "-"),
             str(audit["framework"]),
             str(audit["model"]),
             str(t["layer"]),
             _pad(t),
-            _num(t["grad"]),
+            _grad(t),
             _update(t),
             inv_cell,
             verdict,
@@ -235,77 +264,41 @@ def total_line(summary: Mapping[str, int]) -> str:
     if summary["allowed"]:
         line += f", {summary['allowed']} allowed"
     if summary["skipped"]:
-        line += f", {summary['skipped']} skipped (no pad id)"
+        line += f", {summary['skipped']} skipped"
     return line
 
 
 def render_table(audits: Sequence[Audit], width: int | None = None) -> list[tuple[str, str]]:
     """Return the session table as (line, status) pairs, fitted to ``width`` columns.
 
-    One row per table with the test id in its first column; when that cannot fit, each
-    audit gets a heading line (test id, model, framework) over its rows instead. Status is
-    "header", "audit" (a heading of a passing audit) or a row's status.
+    One row per table with the test id in its first column when every cell fits whole;
+    otherwise each audit gets a heading line (test id, model, framework) over its rows,
+    and long cells (test ids, layer paths, verdicts) wrap onto more lines: nothing is cut.
+    Status is "header", "audit" (a heading of a passing audit) or a row's status.
     """
     groups = [(audit, table_rows(audit)) for audit in audits]
     rows = [row for _, group in groups for row in group]
     if not rows:
         return []
-    widths = _widths(HEAD, [r.cells for r in rows], FLEX, width)
-    if not width or _span(widths) <= width:
-        lines = [(line, "header") for line in _heading(HEAD, widths)]
-        cells = _align([r.cells for r in rows], widths)
-        return lines + list(zip(cells, _statuses(rows), strict=True))
-    indent = " " * len(_GAP)
-    widths = _widths(NARROW_HEAD, [r.cells[3:] for r in rows], {0: 12}, width - len(indent))
-    lines = [(indent + line, "header") for line in _heading(NARROW_HEAD, widths)]
+    widths = fit_widths(HEAD, [r.cells for r in rows], (), None)
+    if not width or span(widths) <= width:
+        lines = [(line, "header") for line in heading(HEAD, widths)]
+        return lines + [(line, r.status) for r in rows for line in align([r.cells], widths)]
+    indent = " " * len(GAP)
+    widths = fit_widths(NARROW_HEAD, [r.cells[3:] for r in rows], WRAP, width - len(indent))
+    lines = [(indent + line, "header") for line in heading(NARROW_HEAD, widths)]
     for audit, group in groups:
-        model = f" · {audit['model']} ({audit['framework']})"
-        title = _fit(str(audit.get("test")), max(FLEX[0], width - len(model))).rstrip() + model
-        lines.append((_fit(title, width).rstrip(), "audit" if audit["passed"] else "leak"))
-        cells = _align([r.cells[3:] for r in group], widths)
-        statuses = _statuses(group)
-        lines += [(indent + line, status) for line, status in zip(cells, statuses, strict=True)]
+        title = f"{audit.get('test')} · {audit['model']} ({audit['framework']})"
+        status = "audit" if audit["passed"] else "leak"
+        for i, part in enumerate(wrap(title, width - (4 if width > 20 else 0))):
+            lines.append((("    " if i else "") + part, status))
+        for r in group:
+            lines += [(indent + line, r.status) for line in align([r.cells[3:]], widths)]
     return lines
 
 
-def _statuses(rows: Sequence[Row]) -> list[str]:
-    return [r.status for r in rows]
-
-
-def _heading(head: Sequence[str], widths: Sequence[int]) -> list[str]:
-    return [*_align([head], widths), _GAP.join("-" * w for w in widths)]
-
-
-def _span(widths: Sequence[int]) -> int:
-    return sum(widths) + len(_GAP) * (len(widths) - 1)
-
-
-def _widths(
-    head: Sequence[str], table: Sequence[Sequence[str]], flex: Mapping[int, int], width: int | None
-) -> list[int]:
-    """Return column widths, the ``flex`` columns narrowed until the table fits ``width``.
-
-    ``flex`` maps a column to its narrowest width. Each step takes one character from the
-    column where that shortens the fewest cells (then the one with most room), so one
-    long test id does not shorten every other.
-    """
-    widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
-    lengths = {i: sorted(len(row[i]) for row in table) for i in flex}
-    over = _span(widths) - (width or _span(widths))
-    while over > 0:
-        room = [i for i in flex if widths[i] > flex[i]]
-        if not room:
-            break
-        column = min(
-            room,
-            key=lambda i: (
-                len(lengths[i]) - bisect.bisect_right(lengths[i], widths[i] - 1),
-                flex[i] - widths[i],
-            ),
-        )
-        widths[column] -= 1
-        over -= 1
-    return widths
+#: narrow-table columns that may wrap (layer, update, verdict).
+WRAP = (0, 3, 5)
 
 
 def build_json(audits: Sequence[Audit], generator: str) -> dict[str, Any]:
@@ -353,16 +346,16 @@ def render_markdown(audits: Sequence[Audit]) -> str:
             lines += [
                 f"- `{_md(str(audit.get('test')))}` · `{f['layer']}` [{f['check']}]{state}: "
                 f"{_md(f['message'])}",
-                f"  - cause: {_md(f['why'])}",
+                f"  - why: {_md(f['why'])}",
                 f"  - fix: {_md(f['fix'])}",
-                f"  - reproduce: `{audit['reproduce']}`" + _md_rerun(audit["seed"]),
+                f"  - cause: `{f['cause']}` (`allow=({f['cause']!r},)` reports it without failing)",
+                *(
+                    f"  - {_md(line.split(':', 1)[0])}: `{line.split(':', 1)[1].strip()}`"
+                    for line in reproduce_lines(audit)
+                ),
             ]
         lines += ["", "</details>"]
     return "\n".join([*lines, ""])
-
-
-def _md_rerun(seed: int | None) -> str:
-    return "" if seed is None else f" or `pytest --padaudit-seed={seed}`"
 
 
 def audit_line(audit: Audit) -> str:
@@ -383,15 +376,14 @@ def junit_properties(audit: Audit) -> list[tuple[str, str]]:
 
 
 def reproduction(audit: Audit) -> str:
-    """Return what repeats a failed audit: seed, call, options and the batch's ids."""
+    """Return what repeats a failed audit: seed, call, options and the batch's ids.
+
+    The shrunk batch is in the failure message, shown just above this section.
+    """
     batch = audit["batch"]
-    test = audit.get("test")
-    seeded = audit["seed"] is not None
-    rerun = f"pytest '{test}'" + (f" --padaudit-seed={audit['seed']}" if seeded else "")
     lines = [
         f"model:     {audit['model']} ({audit['framework']}){_seed(audit['seed'])}",
-        f"reproduce: {audit['reproduce']}",
-        *([f"rerun:     {rerun}"] if test else []),
+        *reproduce_lines(audit),
         f"options:   {json.dumps(primitives(audit['options']), sort_keys=True)}",
     ]
     if batch:  # a checkpoint audit has no batch

@@ -10,7 +10,12 @@ from .errors import PadLeakError
 
 @dataclass
 class Finding:
-    """One problem: which check, where, how much (``message``), ``why``, and the ``fix``."""
+    """One problem: which check, where, how much (``message``), ``why``, and the ``fix``.
+
+    ``cause`` is the code ``allow=`` takes (one of ``options.CAUSES``); ``why`` is the
+    sentence that explains it. Reports print each under its own name: ``why:``, ``fix:``,
+    ``cause:``. Adapters build findings positionally: keep the field order.
+    """
 
     check: str
     layer: str
@@ -86,6 +91,8 @@ class AuditReport:
     test: str | None = None
     #: "model" (:func:`audit`) or "checkpoint" (:func:`audit_checkpoint`).
     kind: str = "model"
+    #: the smallest batch that still fails (see shrink.py), as JSON primitives.
+    smallest: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -124,6 +131,7 @@ class AuditReport:
             "findings": [f.to_dict() for f in self.findings],
             "invariance": self.invariance.to_dict() if self.invariance else None,
             "notes": list(self.notes),
+            "smallest": self.smallest,
         }
 
     def __str__(self) -> str:

@@ -47,12 +47,39 @@ def addoption(group: Any) -> None:
     )
 
 
+#: node-id prefixes of the generated items; a node id given as an argument reruns its item.
+MODEL_PREFIX = "padaudit["
+CHECKPOINT_PREFIX = "padaudit-checkpoint["
+
+
 def configure(config: pytest.Config) -> None:
-    """Register the item generator when a zero-code option was given."""
-    models = config.getoption("padaudit_model", default=None) or []
-    checkpoints = config.getoption("padaudit_checkpoint", default=None) or []
+    """Register the item generator when a zero-code option or item id was given.
+
+    ``pytest 'padaudit[pkg.mod:factory]'`` (the node id of a generated item, as the
+    rerun line prints it) is read as ``--padaudit-model=pkg.mod:factory`` and leaves
+    nothing else to collect; pytest itself would reject it as a path.
+    """
+    models = list(config.getoption("padaudit_model", default=None) or [])
+    checkpoints = list(config.getoption("padaudit_checkpoint", default=None) or [])
+    ids = [a for a in config.args if _item_spec(a) is not None]
+    for arg in ids:
+        kind, spec = _item_spec(arg)  # type: ignore[misc]
+        (models if kind == "model" else checkpoints).append(spec)
+    if ids:
+        config.args[:] = [a for a in config.args if a not in ids]
+        models, checkpoints = list(dict.fromkeys(models)), list(dict.fromkeys(checkpoints))
+        config.option.padaudit_model = models  # pytest-xdist workers read the options
+        config.option.padaudit_checkpoint = checkpoints
     if models or checkpoints:
         config.pluginmanager.register(ZeroCode(models, checkpoints), "padaudit-zerocode")
+
+
+def _item_spec(arg: str) -> tuple[str, str] | None:
+    """Return ("model" | "checkpoint", spec) when ``arg`` is a generated item's node id."""
+    for kind, prefix in (("checkpoint", CHECKPOINT_PREFIX), ("model", MODEL_PREFIX)):
+        if arg.startswith(prefix) and arg.endswith("]") and len(arg) > len(prefix) + 1:
+            return kind, arg[len(prefix) : -1]
+    return None
 
 
 def parse_spec(text: str, flag: str) -> tuple[str, dict[str, Any]]:
@@ -175,10 +202,12 @@ def _model_item(session: pytest.Session, spec: str, search: list[Path]) -> pytes
             f"{MODEL_OPTION}={spec}: {target} is a {type(obj).__name__}, neither a model nor "
             "a callable that returns one: pass a factory function, a model class or a model"
         )
-    name = f"padaudit[{spec}]"
-    return ModelItem.from_parent(
+    name = f"{MODEL_PREFIX}{spec}]"
+    item = ModelItem.from_parent(
         session, name=name, nodeid=name, spec=spec, obj=obj, options=options
     )
+    item.add_marker("padaudit")  # -m padaudit selects every audit
+    return item
 
 
 def _checkpoint_item(session: pytest.Session, spec: str, base: Path) -> pytest.Item:
@@ -195,8 +224,10 @@ def _checkpoint_item(session: pytest.Session, spec: str, base: Path) -> pytest.I
         raise PadAuditError(f"{CHECKPOINT_OPTION}={spec}: no file {str(path)!r}: pass a path")
     if isinstance(options.get("baseline"), str):
         options["baseline"] = str(base / options["baseline"])
-    name = f"padaudit-checkpoint[{spec}]"
-    return CheckpointItem.from_parent(session, name=name, nodeid=name, path_=path, options=options)
+    name = f"{CHECKPOINT_PREFIX}{spec}]"
+    item = CheckpointItem.from_parent(session, name=name, nodeid=name, path_=path, options=options)
+    item.add_marker("padaudit")
+    return item
 
 
 class _ZeroCodeItem(pytest.Item):

@@ -257,7 +257,11 @@ class KerasHandle:
         if not tensors:
             raise PadAuditError(
                 f"the output of {self.model_class} ({type(output).__name__}) holds no "
-                "floating-point tensor: pass loss=callable(output, batch) returning a scalar"
+                "floating-point tensor, so no gradient can reach the embedding (integer "
+                "outputs such as argmax ids have none; a loss= over them cannot backpropagate): "
+                "pass forward= that returns the float scores computed before the integer "
+                "step, e.g. forward=lambda model, batch: model.scores(batch.ids) where "
+                "scores() is your forward() without its final argmax"
             )
         total = tf.zeros((), tf.float32)
         for index, tensor in enumerate(tensors):

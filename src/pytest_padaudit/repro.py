@@ -1,0 +1,153 @@
+"""Lines that repeat an audit, written so that they run when pasted.
+
+``audit_call`` renders the ``audit(...)`` call (an optimizer instance as the expression
+that builds it, with its hyper-parameters), ``rerun_line`` the pytest command, and
+``snippet`` a three-line plain PyTorch or Keras reproduction of a shrunk batch. No
+framework is imported: objects are described by what they carry.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .options import AuditOptions
+
+#: public homes of optimizer classes, tried in order for a class's short name.
+_PUBLIC = ("torch.optim", "keras.optimizers", "tf_keras.optimizers")
+
+
+def audit_call(opts: AuditOptions) -> str:
+    """Return the ``audit(model, ...)`` call that repeats an audit with ``opts``."""
+    default = type(opts)()
+    parts = ["model"]
+    for f in fields(opts):
+        value = getattr(opts, f.name)
+        if f.name == "seed" or value != getattr(default, f.name):
+            parts.append(f"{f.name}={expression(value)}")
+    return f"audit({', '.join(parts)})"
+
+
+def expression(value: Any) -> str:
+    """Return Python source that evaluates to ``value`` where the test's names exist."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(expression(v) for v in value)
+        return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else f"({inner})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {expression(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, type):
+        return public_name(value)
+    if type(value).__name__ == "OptimizerClass":  # a dotted path the options accept as text
+        return repr(value.text)
+    if hasattr(value, "param_groups") and hasattr(value, "defaults"):
+        return _torch_optimizer(value)
+    if hasattr(value, "get_config") and "optimizers" in type(value).__module__:
+        return _keras_optimizer(value)
+    if hasattr(value, "item") and not hasattr(value, "__len__"):  # a NumPy scalar
+        return repr(value.item())
+    if callable(value):
+        return getattr(value, "__name__", type(value).__name__)  # the name the test uses
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def public_name(cls: type) -> str:
+    """Return the shortest importable dotted name of ``cls`` (``torch.optim.AdamW``)."""
+    for home in _PUBLIC:
+        module = sys.modules.get(home)
+        if module is not None and getattr(module, cls.__name__, None) is cls:
+            return f"{home}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _changed(cls: type, values: dict[str, Any], skip: tuple[str, ...]) -> list[str]:
+    """Return ``name=value`` for the constructor arguments that differ from their default."""
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    out = []
+    for name, p in params.items():
+        if name in skip or p.default is inspect.Parameter.empty or name not in values:
+            continue
+        value = values[name]
+        if hasattr(value, "item") and not hasattr(value, "__len__"):
+            value = value.item()
+        if isinstance(value, float):
+            value = _short(value)
+        if isinstance(value, (bool, int, float, str, tuple, type(None))) and value != p.default:
+            out.append(f"{name}={value!r}")
+    return out
+
+
+def _torch_optimizer(opt: Any) -> str:
+    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    args = ", ".join(["params", *_changed(type(opt), group, ("params",))])
+    return f"lambda params: {public_name(type(opt))}({args})"
+
+
+def _keras_optimizer(opt: Any) -> str:
+    config = dict(opt.get_config())
+    lr = config.get("learning_rate")
+    if isinstance(lr, dict) or not isinstance(lr, (int, float)):  # a schedule: say its class
+        config.pop("learning_rate", None)
+    args = _changed(type(opt), config, ("name",))
+    if "learning_rate" in config and not any(a.startswith("learning_rate=") for a in args):
+        args.insert(0, f"learning_rate={_short(float(config['learning_rate']))!r}")
+    return f"{public_name(type(opt))}({', '.join(args)})"
+
+
+def _short(value: float) -> float:
+    """Return ``value`` without float32 noise (0.0010000000474974513 -> 0.001)."""
+    short = float(f"{value:.7g}")
+    return short if abs(short - value) <= 1e-7 * abs(value) else value
+
+
+def rerun_line(test: str, seed: int | None) -> str:
+    """Return the pytest command that reruns ``test`` (a node id) with ``seed``."""
+    quoted = "'" + test.replace("'", "'\"'\"'") + "'"  # always quoted: ids hold [ ] and ::
+    return f"pytest {quoted}" + ("" if seed is None else f" --padaudit-seed={seed}")
+
+
+def snippet(framework: str, smallest: dict[str, Any]) -> list[str]:
+    """Return three lines of plain PyTorch or Keras that show the shrunk batch's leak."""
+    ids, pad, layer = smallest["ids"], smallest["pad_idx"], smallest["layer"]
+    wider = (
+        [row + [pad] * 4 for row in ids]
+        if smallest["padding_side"] == "right"
+        else [[pad] * 4 + row for row in ids]
+    )
+    if framework == "torch":
+        if smallest["check"] in ("grad", "update"):
+            return [
+                f"ids = torch.tensor({ids})",
+                "out = model(ids); out = out if torch.is_tensor(out) else out[0]; "
+                "(out * torch.rand_like(out)).sum().backward()",
+                f"print(model.get_submodule({layer!r}).weight.grad[{pad}].abs().max())"
+                "  # > 0: the pad row trains",
+            ]
+        return [
+            f"ids, wider = torch.tensor({ids}), torch.tensor({wider})",
+            "a, b = model(ids), model(wider)  # same sequences, 4 more pad columns",
+            "print(a, b)  # the real positions' outputs differ: pads reach them",
+        ]
+    if framework == "keras":
+        if smallest["check"] in ("grad", "update"):
+            name = layer.rsplit("/", 1)[-1]
+            return [
+                f"ids = np.array({ids})",
+                "with tf.GradientTape() as tape: out = model(ids); "
+                "loss = tf.reduce_sum(out * tf.random.uniform(tf.shape(out)))",
+                f"print(tf.reduce_max(tf.abs(tf.convert_to_tensor(tape.gradient(loss, "
+                f"model.get_layer({name!r}).embeddings))[{pad}])))  # > 0: the pad row trains",
+            ]
+        return [
+            f"ids, wider = np.array({ids}), np.array({wider})",
+            "a, b = model(ids), model(wider)  # same sequences, 4 more pad columns",
+            "print(a, b)  # the real positions' outputs differ: pads reach them",
+        ]
+    return []
