@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,15 @@ class LoraMixin:
                 )
             found.append(t)
         return self._remember(found)
+
+    @contextmanager
+    def _preserve(self, seed: int) -> Iterator[None]:
+        with super()._preserve(seed):
+            lora = lora_embeddings(self.model)
+            for layer, flag in self._sparse:  # LoRA looks A up through A.T: dense only
+                if id(layer.weight) in lora:
+                    layer.sparse = flag
+            yield
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         rows = super().read_pad_rows(tables)
