@@ -19,7 +19,7 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
-from torch import nn  # noqa: E402
+from torch import nn
 
 WORLD = 2
 VOCAB, DIM = 30, 8
@@ -70,7 +70,7 @@ def ground_truth(model: Pooled) -> dict:
         grads.append([g_emb, model.out.weight.grad.clone()])
         outs.append(out.detach())
     moved = float((outs[0] - outs[1]).abs().max()) + sum(
-        float((a - b).abs().max()) for a, b in zip(*grads)
+        float((a - b).abs().max()) for a, b in zip(*grads, strict=True)
     )
     model.zero_grad()
     return {"grad_leak": grad > 0, "invariance_leak": moved > 1e-5}

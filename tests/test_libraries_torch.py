@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 st = pytest.importorskip("sentence_transformers")
 peft = pytest.importorskip("peft")
 
-from pytest_padaudit import audit  # noqa: E402
+from pytest_padaudit import audit
 
 VOCAB = 30
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
@@ -111,8 +111,10 @@ def truth(model, run, table, pad: int, extra: int = 4, skip=()):
         ids, mask = padded(pad, width)
         outs = run(model, ids, mask)
         weighted(outs, mask).backward()
-        cut = [o[mask].detach() if o.dim() >= 2 and o.shape[:2] == mask.shape else o.detach()
-               for o in outs]
+        cut = [
+            o[mask].detach() if o.dim() >= 2 and o.shape[:2] == mask.shape else o.detach()
+            for o in outs
+        ]
         grads = {}
         for name, p in model.named_parameters():
             if p.grad is None:
@@ -125,7 +127,10 @@ def truth(model, run, table, pad: int, extra: int = 4, skip=()):
             grads[name] = g
         got.append((cut, grads))
     (out_a, g_a), (out_b, g_b) = got
-    moved = max(float((a - b).abs().max() / (a.abs().max() + 1e-12)) for a, b in zip(out_a, out_b))
+    moved = max(
+        float((a - b).abs().max() / (a.abs().max() + 1e-12))
+        for a, b in zip(out_a, out_b, strict=True)
+    )
     scale = max(float(g.abs().max()) for g in g_a.values())  # float-noise floor: 1e-6 of it
     for k in g_a:
         floor = max(float(g_a[k].abs().max()), 1e-6 * scale)
@@ -135,7 +140,9 @@ def truth(model, run, table, pad: int, extra: int = 4, skip=()):
 
 
 # -- sentence-transformers ------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["mean", "cls", "max", "lasttoken", "weightedmean", "ignores_mask"])
+@pytest.mark.parametrize(
+    "mode", ["mean", "cls", "max", "lasttoken", "weightedmean", "ignores_mask"]
+)
 def test_sentence_transformer_pooling(bert_dir, mode):
     model = sentence_transformer(bert_dir, mode)
     word = model[0].model.embeddings.word_embeddings
@@ -221,7 +228,7 @@ def lora_truth(model, layer, pad: int):
             p -= p.grad
     change = float((effective(layer, pad) - before).abs().max())
     with torch.no_grad():
-        for p, v in zip(params, saved):
+        for p, v in zip(params, saved, strict=True):
             p.copy_(v)
     model.zero_grad()
     return float(direction.abs().max()), change
@@ -264,8 +271,12 @@ def test_peft_lora_on_the_embedding(zero_pad_column):
 def test_peft_lora_on_bert_word_embeddings():
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=16, max_position_embeddings=32,
+        vocab_size=VOCAB,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
     )
     model = lora(transformers.BertModel(config), ["word_embeddings", "query"])
     layer = model.get_base_model().embeddings.word_embeddings
@@ -284,3 +295,43 @@ def test_peft_lora_on_bert_word_embeddings():
     assert report.passed, report.findings
     kinds = {t.layer: t.kind for t in report.tables}
     assert kinds["base_model.model.embeddings.word_embeddings.base_layer"].endswith("(lora)")
+
+
+# -- --padaudit-model -----------------------------------------------------------------------
+FACTORIES = """
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, {tests!r})
+from test_libraries_torch import save_bert, sentence_transformer
+
+DIR = pathlib.Path(os.environ["ST_MODEL_DIR"])
+
+
+def clean():
+    return sentence_transformer(save_bert(DIR / "clean"), "mean")
+
+
+def leaky():
+    return sentence_transformer(save_bert(DIR / "leaky"), "ignores_mask")
+"""
+
+
+def test_padaudit_model_takes_a_sentence_transformer_factory(pytester, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    pytester.makepyfile(stfactories=FACTORIES.format(tests=tests))
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "leaky").mkdir()
+    monkeypatch.setenv("ST_MODEL_DIR", str(tmp_path))
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--padaudit-model=stfactories:clean",
+        "--padaudit-model=stfactories:leaky",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "stfactories:leaky" in out and "attention_mask" in out and "MeanOverAll" in out

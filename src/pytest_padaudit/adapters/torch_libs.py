@@ -67,7 +67,9 @@ def adapt(model: object, options: AuditOptions) -> TorchHandle | None:
     if is_peft_model(model) and is_hf_model(_peft_base(model)):
         return PeftHFHandle(model, options)
     if "peft" in sys.modules and lora_embeddings(model):
-        return LoraHFHandle(model, options) if is_hf_model(model) else LoraTorchHandle(model, options)
+        return (
+            LoraHFHandle(model, options) if is_hf_model(model) else LoraTorchHandle(model, options)
+        )
     return None
 
 
@@ -181,7 +183,9 @@ class LoraMixin:
         decay = max(float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups)
         return OptimizerInfo(type(optimizer).__name__, decay, _Steps(plain, optimizer))
 
-    def invariance_pass(self, batch: Any, plan: Any, tables: Sequence[Table], *args: Any, **kw: Any):
+    def invariance_pass(
+        self, batch: Any, plan: Any, tables: Sequence[Table], *args: Any, **kw: Any
+    ):
         grads, outputs = super().invariance_pass(batch, plan, tables, *args, **kw)
         names = {id(p): name for name, p in self.model.named_parameters()}
         for t in tables:
@@ -286,10 +290,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
     def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
         if pad_idx is None and self.tok_pad is not None:
             path = self.input_table()
-            if path is None:
-                pad_idx = self.tok_pad
-            else:
-                pad_idx = {path: self.tok_pad}
+            pad_idx = self.tok_pad if path is None else {path: self.tok_pad}
         return super().tables(pad_idx)
 
     def inputs(self, batch: TorchBatch) -> dict[str, Any]:
