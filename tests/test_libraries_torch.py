@@ -231,7 +231,7 @@ def lora_truth(model, layer, pad: int):
         for p, v in zip(params, saved, strict=True):
             p.copy_(v)
     model.zero_grad()
-    return float(direction.abs().max()), change
+    return float(direction.detach().abs().max()), change
 
 
 def test_peft_lora_on_attention():
