@@ -156,7 +156,8 @@ def test_wrapped_model_same_verdict_on_every_rank(wrap, masked, tmp_path):
     assert ("invariance" in checks) == truth["invariance_leak"] == (not masked)
     assert first["passed"] == masked
     assert first["model"].startswith("DistributedDataParallel" if wrap == "ddp" else "FSDP2")
+    assert ("update" in checks) == (not masked)  # SGD on a row with gradient moves it
     if not masked:
-        assert first["grad"] > 0
+        assert first["grad"] > 0 and first["update"] > 0
     else:
         assert first["grad"] == 0.0 and first["update"] == 0.0

@@ -131,10 +131,22 @@ class FSDPHandle(TorchHandle):
         both = torch.cat([row, held]).to(device)
         torch.distributed.all_reduce(both)
         both = both.cpu()
-        return None if float(both[-1]) == 0.0 else both[:-1].numpy()
+        held = float(both[-1])  # an unsharded (replicated) tensor is held by every rank
+        return None if held == 0.0 else (both[:-1] / held).numpy()
+
+    def _weight(self, t: Table) -> torch.Tensor:
+        """The table's sharded parameter as the optimizer holds it (FSDP2 swaps the module's)."""
+        return getattr(self, "_stepped", {}).get(t.path, self._layers[t.path].weight)
+
+    def _reshard(self) -> None:
+        """Put every FSDP2 module's sharded DTensor parameters back in place."""
+        for module in self.model.modules():
+            if callable(getattr(module, "reshard", None)) and is_fsdp2(module):
+                module.reshard()
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
-        return {t.path: self._row(self._layers[t.path].weight, t.pad_idx, t.dim) for t in tables}
+        self._reshard()
+        return {t.path: self._row(self._weight(t), t.pad_idx, t.dim) for t in tables}
 
     def _pad_grad(self, table: Table) -> np.ndarray | None:
         return self._row(self._layers[table.path].weight.grad, table.pad_idx, table.dim)
@@ -166,7 +178,9 @@ class FSDPHandle(TorchHandle):
 
     # -- update ----------------------------------------------------------------------
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
-        weights = {id(w): w for t in tables for w in [self._layers[t.path].weight]}
+        self._reshard()
+        self._stepped = {t.path: self._layers[t.path].weight for t in tables}
+        weights = {id(w): w for w in self._stepped.values()}
         params = [w for w in weights.values() if w.requires_grad]
         if not params:
             return OptimizerInfo("SGD")
@@ -207,12 +221,14 @@ class FSDPHandle(TorchHandle):
     def _rows(self, grad: torch.Tensor, rows: np.ndarray, dim: int) -> np.ndarray:
         """Return ``grad[rows]``: each rank fills the rows it holds, summed over ranks."""
         local, offset = self._local(grad)
-        out = torch.zeros(len(rows), dim, dtype=torch.float32)
+        out = torch.zeros(len(rows), dim + 1, dtype=torch.float32)
         index = torch.from_numpy(rows)
         mine = (index >= offset) & (index < offset + local.shape[0])
         if bool(mine.any()):
             picked = local.detach().index_select(0, (index[mine] - offset).to(local.device))
-            out[mine] = picked.to("cpu", torch.float32)
+            out[mine, :dim] = picked.to("cpu", torch.float32)
+            out[mine, dim] = 1.0
         out = out.to(self.device)
         torch.distributed.all_reduce(out)
-        return out.cpu().numpy()
+        out = out.cpu()
+        return (out[:, :dim] / out[:, dim:].clamp(min=1.0)).numpy()
