@@ -40,6 +40,32 @@ class HFAdapter:
         return adapt(model, options)
 
 
+class TorchLibsAdapter:
+    """Audit sentence-transformers, PEFT (LoRA) and distributed (DDP, FSDP2) torch models."""
+
+    @hookimpl(tryfirst=True)
+    def padaudit_adapt(self, model: object, options: AuditOptions) -> ModelHandle | None:
+        if "torch" not in sys.modules:
+            return None
+        if "torch.distributed.fsdp" in sys.modules or _ddp(model):
+            from .torch_dist import adapt as adapt_dist
+
+            handle = adapt_dist(model, options)
+            if handle is not None:
+                return handle
+        if not any(name in sys.modules for name in ("sentence_transformers", "peft")):
+            return None
+        from .torch_libs import adapt
+
+        return adapt(model, options)
+
+
+def _ddp(model: object) -> bool:
+    parallel = sys.modules.get("torch.nn.parallel")
+    cls = getattr(parallel, "DistributedDataParallel", None)
+    return isinstance(cls, type) and isinstance(model, cls)
+
+
 class KerasAdapter:
     """Audit Keras 3 (TensorFlow backend) and ``tf_keras`` models and layers."""
 
@@ -74,4 +100,4 @@ def keras_flavour(model: object) -> str | None:
 
 
 #: Torch is asked last (trylast): HF and Keras models (torch backend) are nn.Modules too.
-BUILTIN_ADAPTERS: list[object] = [TorchAdapter(), HFAdapter(), KerasAdapter()]
+BUILTIN_ADAPTERS: list[object] = [TorchAdapter(), HFAdapter(), KerasAdapter(), TorchLibsAdapter()]
