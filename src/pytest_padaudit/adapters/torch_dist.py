@@ -28,7 +28,7 @@ from ..batch import LossPlan, PadBatch
 from ..errors import PadAuditError
 from ..handle import OptimizerInfo, Table
 from ..options import AuditOptions
-from .torch import TorchHandle, _real, _to_numpy, floating_tensors
+from .torch import TorchHandle, _to_numpy, floating_tensors
 from .torch_optim import build_optimizer
 
 
@@ -198,7 +198,7 @@ class FSDPHandle(TorchHandle):
                 "for FSDP2 models; let the model take a wider batch (extra_pad=)"
             )
         with self._quiet():
-            tb, output = self._backward(batch, plan)
+            _, output = self._backward(batch, plan)
         reach = {
             id(self._layers[t.path].weight): (t, batch.reachable_rows(t.rows, t.pad_idx))
             for t in tables
@@ -215,8 +215,7 @@ class FSDPHandle(TorchHandle):
                 grads[name] = _to_numpy(grad.full_tensor())
             else:
                 grads[name] = _to_numpy(grad)
-        outputs = [_to_numpy(_real(t, tb.mask)) for t in floating_tensors(output)]
-        return grads, outputs
+        return grads, [_to_numpy(t) for t in floating_tensors(output)]  # the engine cuts
 
     def _rows(self, grad: torch.Tensor, rows: np.ndarray, dim: int) -> np.ndarray:
         """Return ``grad[rows]``: each rank fills the rows it holds, summed over ranks."""

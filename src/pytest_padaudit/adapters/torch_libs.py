@@ -26,7 +26,8 @@ from ..batch import PadBatch
 from ..handle import OptimizerInfo, Table, Trace
 from ..options import AuditOptions
 from .hf import HFHandle, is_hf_model
-from .torch import TorchBatch, TorchHandle, _real, _to_numpy, floating_tensors
+from .torch import TorchBatch, TorchHandle, _to_numpy, floating_tensors
+from .torch_noise import noise_at_pads
 from .torch_optim import build_optimizer, pad_row_grad
 from .torch_tables import uncompiled
 
@@ -325,28 +326,29 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
                 return words
         return super().explain(cause, table, options, info)
 
-    def trace(self, batch: PadBatch) -> Trace:
-        """Record each module's inputs before it runs: sentence-transformers modules update
-        the features dict they are given in place."""
+    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+        """Record each module's FULL inputs before it runs (sentence-transformers modules
+        update the features dict they are given in place) and its outputs after."""
         trace = Trace(owner=self.model_class)
         names = {module: path for path, module in self.model.named_modules()}
         tb = self._tensors(batch)
         before: dict[int, list[list[np.ndarray]]] = {}
 
-        def real(values: Any) -> list[np.ndarray]:
-            return [_to_numpy(_real(t, tb.mask)) for t in floating_tensors(values)]
+        def full(values: Any) -> list[np.ndarray]:
+            return [_to_numpy(t) for t in floating_tensors(values)]
 
         def enter(module: nn.Module, args: Any) -> None:
-            before.setdefault(id(module), []).append(real(args))
+            before.setdefault(id(module), []).append(full(args))
 
         def leave(module: nn.Module, args: Any, output: Any) -> None:
             inputs = before[id(module)].pop()
-            trace.entries.append((names.get(module, "?"), inputs, real(output)))
+            trace.entries.append((names.get(module, "?"), inputs, full(output)))
 
         hooks = [m.register_forward_pre_hook(enter) for m in self.model.modules()]
         hooks += [m.register_forward_hook(leave) for m in self.model.modules()]
         try:
-            with self._quiet(), torch.no_grad():
+            noise = noise_at_pads(self._layers, self._audited, perturb)
+            with self._quiet(), torch.no_grad(), noise:
                 self._forward(tb)
         finally:
             for hook in hooks:
