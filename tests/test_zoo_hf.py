@@ -135,3 +135,14 @@ def test_zero_config(row: Any, tmp_path: Any, model: str, check: str) -> None:
     expected = row(model).truth
     report = audit(entry.build(tmp_path), **entry.zero_config)
     assert verdict(report, zoo_hf.name) == expected
+
+
+def test_sentence_transformer_pads_with_the_zoo_pad_id(tmp_path: Any) -> None:
+    """The pad id the st-* rows use is the one the SentenceTransformer's tokenizer pads with."""
+    pytest.importorskip("sentence_transformers")
+    entry = ENTRIES["st-mean"]
+    model = entry.build(tmp_path)
+    features = model.tokenize(["w1 w2 w3", "w4"])
+    assert model.tokenizer.pad_token_id == entry.pad == entry.options["pad_idx"]
+    assert features["input_ids"][1, -1].item() == entry.pad
+    assert features["attention_mask"][1].tolist() == [1, 1, 1, 0, 0]

@@ -46,10 +46,13 @@ class Entry:
     options: dict[str, Any] = field(default_factory=dict)
     #: options a zero-config audit still takes (a pad id the model cannot know).
     zero_config: dict[str, Any] = field(default_factory=dict)
+    #: True when ``forward=`` is the user's own (buggy) calling code under test, not glue.
+    own_forward: bool = False
 
     @property
     def needs_forward(self) -> bool:
-        return "forward" in self.options
+        """Say whether the audit is given forward= only because it cannot call the model."""
+        return "forward" in self.options and not self.own_forward
 
 
 @dataclass
@@ -216,7 +219,9 @@ def format_table(rows: list[Row]) -> str:
                     r.model,
                     r.entry.pad_source,
                     *checks,
-                    "needed" if r.entry.needs_forward else "no",
+                    "needed"
+                    if r.entry.needs_forward
+                    else ("user's own" if r.entry.own_forward else "no"),
                     f"{r.ms:.0f}",
                 ]
             )

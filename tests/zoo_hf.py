@@ -190,10 +190,6 @@ def _st_forward(model: nn.Module, batch: Any) -> Any:
     return model({"input_ids": batch.ids, "attention_mask": batch.mask.long()})
 
 
-def _st_pad(path: Path) -> int:
-    return 0  # [PAD] is the first line of the vocabulary _write_bert writes
-
-
 # -- PEFT ----------------------------------------------------------------------------------
 def peft_lora(base: str) -> Any:
     def build(_: Path) -> nn.Module:

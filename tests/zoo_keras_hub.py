@@ -99,6 +99,9 @@ def _entry(
         pad=pad,
         pad_source=source,
         options={"pad_idx": pad, "forward": _forward(segments, masked)},
+        # no preprocessor: nothing in the model says which id pads, so pad_idx= stays
+        zero_config={"pad_idx": pad},
+        own_forward=not masked,
     )
 
 
