@@ -247,8 +247,8 @@ def _grad_truth(entry: Entry, model: Any, layer: Any) -> tuple[float, float, flo
             hit = tf.equal(tf.cast(inputs, tf.int64), entry.pad)
             lookup += tf.reduce_sum(tf.boolean_mask(tf.cast(g, tf.float32), hit), axis=0)
     parts = float(tf.reduce_max(tf.abs(total - lookup - head)))
-    peak = float(tf.reduce_max(tf.abs(total))) or 1.0
-    if parts > 1e-4 * peak:
+    peak = float(tf.reduce_max(tf.abs(total)))
+    if parts > 1e-4 * max(peak, 1.0):
         raise AssertionError(f"{entry.id}: lookup + head != total pad-row gradient ({parts:g})")
     return float(tf.reduce_max(tf.abs(lookup))), float(tf.reduce_max(tf.abs(head))), peak
 
