@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 from pytest_padaudit import audit
 
 import zoo_hf
+import zoo_torch_truth
 from zoo_common import CHECKS, RTOL, Row, mismatch, params, run_row, verdict
 
 pytestmark = pytest.mark.zoo
@@ -91,7 +92,7 @@ def row(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         if model not in _ROWS:
             _needs(ENTRIES[model])
             tmp = tmp_path_factory.mktemp(model)
-            _ROWS[model] = run_row(ENTRIES[model], tmp, zoo_hf.truth, zoo_hf.name)
+            _ROWS[model] = run_row(ENTRIES[model], tmp, zoo_torch_truth.truth, zoo_torch_truth.name)
         return _ROWS[model]
 
     return get
@@ -134,7 +135,7 @@ def test_zero_config(row: Any, tmp_path: Any, model: str, check: str) -> None:
     _needs(entry)
     expected = row(model).truth
     report = audit(entry.build(tmp_path), **entry.zero_config)
-    assert verdict(report, zoo_hf.name) == expected
+    assert verdict(report, zoo_torch_truth.name) == expected
 
 
 def test_sentence_transformer_pads_with_the_zoo_pad_id(tmp_path: Any) -> None:

@@ -25,13 +25,16 @@ def main(argv: list[str]) -> int:
     for side in sides:
         if side == "torch":
             import zoo_hf as zoo
+            import zoo_torch_truth as truth
         else:
             import zoo_keras_hub as zoo
+
+            truth = zoo
         for entry in zoo.entries():
             if only and entry.id not in only:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                rows.append(run_row(entry, Path(tmp), zoo.truth, zoo.name))
+                rows.append(run_row(entry, Path(tmp), truth.truth, truth.name))
     total = time.perf_counter() - start
     print(format_table(rows))
     print()
