@@ -24,8 +24,11 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     for side in sides:
         if side == "torch":
+            import torch
             import zoo_hf as zoo
             import zoo_torch_truth as truth
+
+            torch.set_num_threads(1)  # as the tests run them: tiny models, one thread
         else:
             import zoo_keras_hub as zoo
 

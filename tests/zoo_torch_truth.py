@@ -51,6 +51,19 @@ def _grad_truth(entry: Entry, model: nn.Module, token: dict[str, nn.Parameter]) 
     """
     batch = audit_batch(VOCAB, entry.pad)
     ids, mask = torch.from_numpy(batch.ids), torch.from_numpy(batch.mask)
+    model.train()
+
+    def backward() -> None:
+        out = list(floats(entry.call(model, ids, mask)))
+        loss = sum(
+            (t.float() * torch.from_numpy(weights(i, tuple(t.shape), 1))).sum()
+            for i, t in enumerate(out)
+        )
+        loss.backward()
+
+    backward()  # the whole pad-row gradient first, to check the split adds up to it
+    totals = {p: None if w.grad is None else w.grad[entry.pad].clone() for p, w in token.items()}
+    model.zero_grad(set_to_none=True)
     copies: dict[str, nn.Parameter] = {}
     swapped: list[tuple[nn.Module, nn.Parameter]] = []
     for path, weight in token.items():
@@ -59,14 +72,8 @@ def _grad_truth(entry: Entry, model: nn.Module, token: dict[str, nn.Parameter]) 
             if isinstance(module, nn.Embedding) and module.weight is weight:
                 swapped.append((module, weight))
                 module.weight = copies[path]
-    model.train()
     try:
-        out = list(floats(entry.call(model, ids, mask)))
-        loss = sum(
-            (t.float() * torch.from_numpy(weights(i, tuple(t.shape), 1))).sum()
-            for i, t in enumerate(out)
-        )
-        loss.backward()
+        backward()
     finally:
         for module, weight in swapped:
             module.weight = weight
@@ -77,6 +84,10 @@ def _grad_truth(entry: Entry, model: nn.Module, token: dict[str, nn.Parameter]) 
             continue
         lookup = copies[path].grad
         head = weight.grad
+        total = totals[path]
+        parts = sum(g[entry.pad] for g in (lookup, head) if g is not None)
+        if total is not None and not torch.allclose(parts + 0 * total, total, 1e-4, 1e-4):
+            raise AssertionError(f"{entry.id}: lookup + head != total pad-row gradient of {path}")
         result[path] = (
             "trainable",
             0.0 if lookup is None else float(lookup[entry.pad].abs().max()),
