@@ -25,6 +25,7 @@ def main(argv: list[str]) -> int:
     for side in sides:
         if side == "torch":
             import torch
+
             import zoo_hf as zoo
             import zoo_torch_truth as truth
 
