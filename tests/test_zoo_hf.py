@@ -25,55 +25,7 @@ pytestmark = pytest.mark.zoo
 
 #: Where the audit disagrees with the ground truth today, by (model id, check). Each fix
 #: (issue 10 / issue 13) turns its marks into XPASS(strict) failures: remove them then.
-KNOWN_DISAGREEMENTS: dict[tuple[str, str], str] = {
-    ("bert-attentions", "invariance"): (
-        "issue 10 item 5: output_attentions maps (batch, heads, seq, seq) are weighted whole, "
-        "so the wider batch's extra pad rows/columns read as a leak"
-    ),
-    ("roberta", "tables"): (
-        "issue 10 item 2: the position table (own padding_idx=1) is audited as a token table"
-    ),
-    ("gpt2-lm-tied", "grad"): (
-        "issue 10 item 1: the lookup part of the tied wte pad row (pad = eos, no padding_idx) "
-        "is reported only as 'tied'"
-    ),
-    ("t5-tied", "grad"): (
-        "issue 10 item 1: the lookup part of the tied shared pad row (encoder pads and the "
-        "decoder start id 0) is reported only as 'tied'"
-    ),
-    ("user-t5-encoder", "tables"): (
-        "issue 10 item 2: pad_idx= is applied to the relative_attention_bias table"
-    ),
-    ("user-t5-encoder", "grad"): (
-        "issue 10 item 2: false alarm on relative_attention_bias bucket 0 (a real bucket)"
-    ),
-    **{
-        ("user-gpt2", check): (
-            "issue 10 item 2: pad_idx=99 (eos) is applied to the 64-row position table wpe "
-            "and the audit refuses it as out of range"
-        )
-        for check in CHECKS
-    },
-    **{
-        (f"st-{pooling}", check): (
-            "issue 10 item 2: pad_idx= is applied to the position and token-type tables of "
-            "the BERT inside the SentenceTransformer: false alarms on rows 0"
-        )
-        for pooling in ("mean", "cls", "unmasked")
-        for check in ("tables", "grad")
-    },
-    **{
-        (f"st-{pooling}", "zero-config"): (
-            "issue 13: a SentenceTransformer takes a features dict; audit() calls model(ids) "
-            "and asks for forward="
-        )
-        for pooling in ("mean", "cls", "unmasked")
-    },
-    ("peft-lora-bert", "zero-config"): (
-        "issue 13: a PeftModel is not recognised as a transformers model, so audit() calls "
-        "model(ids) without attention_mask: a false invariance alarm (rel. diff 0.24)"
-    ),
-}
+KNOWN_DISAGREEMENTS: dict[tuple[str, str], str] = {}
 
 ENTRIES = {entry.id: entry for entry in zoo_hf.entries()}
 

@@ -22,33 +22,9 @@ from zoo_common import CHECKS, RTOL, Row, mismatch, params, run_row, verdict
 
 pytestmark = pytest.mark.zoo
 
-_SEGMENTS = (
-    "issue 10 item 2: pad_idx= is applied to the segment table segment_embedding (row 0 is "
-    "segment A, used by every real token): a false alarm"
-)
-_CAUSAL = (
-    "issue 10 item 6: a causal LM with a tied ReversibleEmbedding head raises a raw "
-    "ValueError: Shapes (4, 16, 100) and (4, 16, 32) are incompatible"
-)
 #: Where the audit disagrees with the ground truth today, by (model id, check). Each fix
 #: (issue 10 / issue 13) turns its marks into XPASS(strict) failures: remove them then.
-KNOWN_DISAGREEMENTS: dict[tuple[str, str], str] = {
-    **{
-        (model, check): _SEGMENTS
-        for model in ("kh-bert", "kh-bert-no-padding-mask", "kh-bert-classifier")
-        for check in ("tables", "grad")
-    },
-    **{
-        (model, check): _CAUSAL
-        for model in ("kh-gpt2-causal-lm-tied", "kh-gemma-causal-lm-tied")
-        for check in CHECKS
-    },
-    **{
-        (entry.id, "zero-config"): "issue 13: keras-hub models take a dict: forward= today"
-        for entry in zoo_keras_hub.entries()
-        if entry.needs_forward
-    },
-}
+KNOWN_DISAGREEMENTS: dict[tuple[str, str], str] = {}
 
 ENTRIES = {entry.id: entry for entry in zoo_keras_hub.entries()}
 _ROWS: dict[str, Row] = {}

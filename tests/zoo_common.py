@@ -219,7 +219,7 @@ def format_table(rows: list[Row]) -> str:
                     r.model,
                     r.entry.pad_source,
                     *checks,
-                    "needed"
+                    "not needed (zero-config test)"
                     if r.entry.needs_forward
                     else ("user's own" if r.entry.own_forward else "no"),
                     f"{r.ms:.0f}",
