@@ -148,7 +148,7 @@ def test_lbfgs_steps_with_a_closure() -> None:
 
 
 def test_closure_optimizer_without_a_closure_is_one_error() -> None:
-    from pytest_padaudit.adapters.torch_optim import PadRowStepper
+    from pytest_padaudit.adapters.torch.optim import PadRowStepper
 
     weight = nn.Parameter(torch.ones(3, 2))
     stepper = PadRowStepper([(weight, 0)], torch.optim.LBFGS)

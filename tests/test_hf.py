@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from pytest_padaudit import PadAuditError, audit
-from pytest_padaudit.adapters.hf import HFHandle, shift_right
+from pytest_padaudit.adapters.torch.hf import HFHandle, shift_right
 from pytest_padaudit.options import AuditOptions
 
 # hidden sizes differ from seq_len (16) so no (batch, hidden) output looks token-aligned

@@ -408,7 +408,7 @@ def test_batchnorm_over_pads_names_the_norm(dim):
 
 @pytest.mark.parametrize(("dim", "passes"), [(8, 2), (T, 3), (T + EXTRA, 2)])
 def test_two_passes_in_the_common_case_one_more_when_the_guess_was_wrong(dim, passes, monkeypatch):
-    from pytest_padaudit.adapters.torch import TorchHandle
+    from pytest_padaudit.adapters.torch.handle import TorchHandle
 
     calls = []
     original = TorchHandle.invariance_pass

@@ -120,7 +120,7 @@ def test_task_takes_the_pad_id_from_its_preprocessor(tmp_path):
 
 
 def test_lookups_records_the_ids_each_table_receives():
-    from pytest_padaudit.adapters.keras import KerasHandle
+    from pytest_padaudit.adapters.keras.handle import KerasHandle
     from pytest_padaudit.batch import make_batch
     from pytest_padaudit.options import AuditOptions
 

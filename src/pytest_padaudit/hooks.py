@@ -8,8 +8,9 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .hookspecs import hookimpl
 
-hookimpl = pluggy.HookimplMarker("padaudit")
+__all__ = ["hookimpl", "plugin_manager", "register", "unregister"]
 ENTRY_POINT_GROUP = "padaudit"
 
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from .result import AuditReport
 
 hookspec = pluggy.HookspecMarker("padaudit")
+#: Mark a method or function as an implementation of one of the hooks below.
+hookimpl = pluggy.HookimplMarker("padaudit")
 
 
 @hookspec(firstresult=True)

@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ...errors import PadAuditError
-from ...hooks import hookimpl
+from ...hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from ...handle import ModelHandle

@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from ..errors import PadAuditError
+from ...errors import PadAuditError
 
 #: input names, by role: the token ids, the padding mask (True at real tokens), segments.
 _IDS = ("token_ids", "input_ids", "ids", "tokens", "input_word_ids")

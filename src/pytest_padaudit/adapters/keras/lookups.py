@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .keras_calls import to_numpy
-from .keras_tables import head_row, is_reverse_call, lookup_ids
+from .calls import to_numpy
+from .tables import head_row, is_reverse_call, lookup_ids
 
 
 class TableCalls:

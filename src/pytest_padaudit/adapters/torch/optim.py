@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import PadAuditError
+from ...errors import PadAuditError
 
 #: optimizers whose update of an element depends on that element's gradient and state only.
 ELEMENTWISE = frozenset(

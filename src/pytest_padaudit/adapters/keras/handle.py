@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,12 +16,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..batch import LossPlan, PadBatch
-from ..errors import PadAuditError
-from ..handle import OptimizerInfo, Table, Trace
-from ..options import AuditOptions
-from . import keras_words
-from .keras_calls import (
+from ...batch import LossPlan, PadBatch
+from ...errors import PadAuditError
+from ...handle import OptimizerInfo, Table, Trace
+from ...options import AuditOptions
+from . import explain as keras_words
+from .calls import (
     ROOT,
     dense,
     floating_tensors,
@@ -34,12 +33,12 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
-from .keras_feed import PAD_HINT, dict_inputs, feed
-from .keras_lookups import SeenIds, TableCalls
-from .keras_noise import noise_at_pads
-from .keras_optim import PadRowStepper, elementwise
-from .keras_state import build_optimizer, rng_guard, saved_losses, training_scope
-from .keras_tables import (
+from .feed import PAD_HINT, dict_inputs, feed
+from .lookups import SeenIds, TableCalls
+from .noise import noise_at_pads
+from .optim import PadRowStepper, elementwise
+from .state import build_optimizer, rng_guard, saved_losses, training_scope
+from .tables import (
     base_variable,
     constraint,
     effective_row,
@@ -56,16 +55,6 @@ _QUIET = (
 )
 
 _SHAPE_ERROR = re.compile(r"incompatible|expected axis|shapes? mismatch|must be compatible", re.I)
-
-
-def adapt(model: object, options: AuditOptions) -> KerasHandle | None:
-    """Return a handle for a Keras layer or model, else None."""
-    for name in _FLAVOURS:
-        module = sys.modules.get(name)
-        layer = getattr(getattr(module, "layers", None), "Layer", None)
-        if isinstance(layer, type) and isinstance(model, layer):
-            return KerasHandle(model, options, module)
-    return None
 
 
 @dataclasses.dataclass(frozen=True)

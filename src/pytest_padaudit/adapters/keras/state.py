@@ -12,8 +12,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from ..errors import PadAuditError
-from .keras_calls import tf_variable
+from ...errors import PadAuditError
+from .calls import tf_variable
 
 
 def saved_losses(layers: Sequence[Any]) -> list[tuple[Any, Any]]:

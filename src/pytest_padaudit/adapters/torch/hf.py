@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import PadAuditError
-from ..handle import Table, pad_source
-from ..options import AuditOptions
-from .torch import _TABLES, TorchBatch, TorchHandle
-from .torch_tables import uncompiled
+from ...errors import PadAuditError
+from ...handle import Table, pad_source
+from ...options import AuditOptions
+from .handle import _TABLES, TorchBatch, TorchHandle
+from .tables import uncompiled
 
 
 def is_hf_model(model: object) -> bool:

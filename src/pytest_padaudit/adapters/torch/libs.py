@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..batch import PadBatch
-from ..handle import OptimizerInfo, Table, Trace
-from ..options import AuditOptions
+from ...batch import PadBatch
+from ...handle import OptimizerInfo, Table, Trace
+from ...options import AuditOptions
+from .handle import TorchBatch, TorchHandle
 from .hf import HFHandle, is_hf_model
-from .torch import TorchBatch, TorchHandle, _to_numpy, floating_tensors
-from .torch_noise import noise_at_pads
-from .torch_optim import build_optimizer, pad_row_grad
-from .torch_tables import uncompiled
+from .noise import noise_at_pads
+from .optim import build_optimizer, pad_row_grad
+from .state import floating_tensors, to_numpy
+from .tables import uncompiled
 
 
 def is_sentence_transformer(model: object) -> bool:
@@ -140,7 +141,7 @@ class LoraMixin:
         with torch.no_grad():
             for t in tables:
                 for a, b, scale in self._adapters(t):
-                    rows[t.path] = rows[t.path] + _to_numpy(scale * (b @ a[:, t.pad_idx]))
+                    rows[t.path] = rows[t.path] + to_numpy(scale * (b @ a[:, t.pad_idx]))
         return rows
 
     def _pad_grad(self, table: Table) -> np.ndarray | None:
@@ -193,7 +194,7 @@ class LoraMixin:
             rows = torch.from_numpy(batch.reachable_rows(t.rows, t.pad_idx))
             for a, _, _ in self._adapters(t):  # A's pad column is the pad row's: left out
                 if a.grad is not None and id(a) in names:
-                    grads[names[id(a)]] = _to_numpy(_dense(a.grad)[:, rows.to(a.device)])
+                    grads[names[id(a)]] = to_numpy(_dense(a.grad)[:, rows.to(a.device)])
         return grads, outputs
 
     def explain(self, cause: str, table: Table | None, options: AuditOptions, info: Any = None):
@@ -335,7 +336,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
         before: dict[int, list[list[np.ndarray]]] = {}
 
         def full(values: Any) -> list[np.ndarray]:
-            return [_to_numpy(t) for t in floating_tensors(values)]
+            return [to_numpy(t) for t in floating_tensors(values)]
 
         def enter(module: nn.Module, args: Any) -> None:
             before.setdefault(id(module), []).append(full(args))
@@ -381,7 +382,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
 
 def _call(handle: HFHandle, features: dict[str, Any], batch: TorchBatch) -> Any:
-    from ..errors import PadAuditError
+    from ...errors import PadAuditError
 
     try:
         return handle.model(features)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..handle import output_leaves
+from ...handle import output_leaves
 
 ROOT = "(model)"
 _MISSING = object()

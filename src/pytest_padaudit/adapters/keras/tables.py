@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..errors import PadAuditError
-from ..handle import Table
-from .keras_calls import tf_variable, to_numpy
-from .keras_feed import PadIds, backbone_token_table
-from .keras_optim import row_of
+from ...errors import PadAuditError
+from ...handle import Table
+from .calls import tf_variable, to_numpy
+from .feed import PadIds, backbone_token_table
+from .optim import row_of
 
 
 def own_variables(layer: Any) -> list[Any]:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import PadAuditError
-from ..handle import Table
+from ...errors import PadAuditError
+from ...handle import Table
 
 #: the path ``tables()`` gives the model itself.
 ROOT = "(model)"

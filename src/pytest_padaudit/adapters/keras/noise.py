@@ -14,9 +14,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from ..errors import PadAuditError
-from ..handle import Table
-from .keras_calls import recorded_calls
+from ...errors import PadAuditError
+from ...handle import Table
+from .calls import recorded_calls
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,15 +14,17 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..batch import LossPlan, PadBatch
-from ..errors import PadAuditError
-from ..handle import OptimizerInfo, Table, Trace, output_leaves, pad_for, pad_source
-from ..options import AuditOptions
-from .torch_noise import noise_at_pads
-from .torch_optim import PadRowStepper, carried_optimizer, pad_row_grad
-from .torch_params import is_leaf as _is_leaf
-from .torch_params import weight as _weight
-from .torch_tables import ROOT, Lookups, check_usable, compiled, uncompiled, untied
+from ...batch import LossPlan, PadBatch
+from ...errors import PadAuditError
+from ...handle import OptimizerInfo, Table, Trace, pad_for
+from ...options import AuditOptions
+from .explain import CONSTANT_LOSS, EXPLAIN
+from .noise import noise_at_pads
+from .optim import PadRowStepper, carried_optimizer, pad_row_grad
+from .params import is_leaf as _is_leaf
+from .params import weight as _weight
+from .state import can_be_sparse, floating_tensors, reachable_rows, rows_of, to_numpy
+from .tables import ROOT, Lookups, check_usable, compiled, uncompiled, untied
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 _ROOT = ROOT
@@ -44,18 +46,6 @@ class TorchBatch:
     pad_idx: int
     padding_side: str
     numpy: PadBatch
-
-
-def floating_tensors(output: Any) -> Iterator[torch.Tensor]:
-    """Yield every floating-point tensor in a (nested) model output."""
-    leaves = output_leaves(output, lambda x: isinstance(x, torch.Tensor))
-    return (t for t in leaves if t.is_floating_point())
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    if tensor.is_sparse:
-        tensor = tensor.to_dense()
-    return tensor.detach().to("cpu", torch.float32, copy=True).numpy()
 
 
 class TorchHandle:
@@ -207,7 +197,7 @@ class TorchHandle:
                 for p in params:
                     p.grad = None
                 for layer in layers.values():
-                    layer.sparse = layer.sparse or _can_be_sparse(layer)
+                    layer.sparse = layer.sparse or can_be_sparse(layer)
                 yield
         finally:
             for m, impl in calls:
@@ -232,7 +222,7 @@ class TorchHandle:
             p.grad = None
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
-        return {t.path: _to_numpy(_weight(self._layers[t.path])[t.pad_idx]) for t in tables}
+        return {t.path: to_numpy(_weight(self._layers[t.path])[t.pad_idx]) for t in tables}
 
     # -- passes ----------------------------------------------------------------------
     def _tensors(self, batch: PadBatch) -> TorchBatch:
@@ -272,7 +262,7 @@ class TorchHandle:
                     "that returns a scalar tensor"
                 )
             if not value.requires_grad:
-                raise PadAuditError(_CONSTANT_LOSS)
+                raise PadAuditError(CONSTANT_LOSS)
             return value.reshape(())
         tensors = list(floating_tensors(output))
         if not tensors:
@@ -303,7 +293,7 @@ class TorchHandle:
         loss = self._loss(output, tb, plan)
         loss.backward()
         if not any(p.grad is not None for p in self.model.parameters()):
-            raise PadAuditError(_CONSTANT_LOSS)
+            raise PadAuditError(CONSTANT_LOSS)
         self._last = (batch, plan, loss.detach())
         return tb, output
 
@@ -364,7 +354,7 @@ class TorchHandle:
                 continue
             weight = self._layers[t.path].weight
             head = sum(parts[1:], parts[0]) if parts else torch.zeros_like(weight)
-            self._heads[t.path] = _to_numpy(head[t.pad_idx])
+            self._heads[t.path] = to_numpy(head[t.pad_idx])
             if parts:  # the full gradient, as training would step with
                 own = weight.grad
                 weight.grad = head if own is None else own.to_dense() + head
@@ -387,9 +377,9 @@ class TorchHandle:
     def _pad_grad(self, table: Table) -> np.ndarray | None:
         if table.path in self._computed:  # a parametrized table: its computed weight's grad
             rows = [w.grad[table.pad_idx] for w in self._computed[table.path] if w.grad is not None]
-            return _to_numpy(sum(rows[1:], rows[0])) if rows else None
+            return to_numpy(sum(rows[1:], rows[0])) if rows else None
         grad = pad_row_grad(self._layers[table.path].weight, table.pad_idx)
-        return None if grad is None else _to_numpy(grad)
+        return None if grad is None else to_numpy(grad)
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
         pairs = {}
@@ -442,15 +432,15 @@ class TorchHandle:
         """
         with self._quiet(), noise_at_pads(self._layers, tables, perturb):
             _, output = self._backward(batch, plan)
-        reach = _reachable_rows(batch, tables, self._layers)
+        reach = reachable_rows(batch, tables, self._layers)
         grads = {}
         for name, param in self.model.named_parameters():
             grad = param.grad
             if grad is None:
                 continue
             rows = reach.get(id(param))
-            grads[name] = _to_numpy(grad if rows is None else _rows_of(grad, rows))
-        return grads, [_to_numpy(t) for t in floating_tensors(output)]
+            grads[name] = to_numpy(grad if rows is None else rows_of(grad, rows))
+        return grads, [to_numpy(t) for t in floating_tensors(output)]
 
     def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
         """Record each module's full floating inputs and outputs (``perturb``: as above)."""
@@ -459,7 +449,7 @@ class TorchHandle:
         tb = self._tensors(batch)
 
         def full(values: Any) -> list[np.ndarray]:
-            return [_to_numpy(t) for t in floating_tensors(values)]
+            return [to_numpy(t) for t in floating_tensors(values)]
 
         def record(module: nn.Module, args: Any, output: Any) -> None:
             trace.entries.append((names.get(module, "?"), full(args), full(output)))
@@ -478,181 +468,4 @@ class TorchHandle:
     def explain(
         self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
     ) -> tuple[str, str, str]:
-        return _EXPLAIN[cause](self, table, info)
-
-
-def _can_be_sparse(layer: nn.Module) -> bool:
-    """Say whether a table can give sparse gradients (O(tokens), not O(vocab))."""
-    weight = layer.weight
-    return (
-        _is_leaf(layer)
-        and not getattr(weight, "_backward_hooks", None)  # the user's hooks expect dense grads
-        and not getattr(weight, "_post_accumulate_grad_hooks", None)
-        and weight.layout == torch.strided
-        and weight.device.type in ("cpu", "cuda")
-        and not (isinstance(layer, nn.EmbeddingBag) and layer.mode == "max")
-    )
-
-
-def _reachable_rows(
-    batch: PadBatch, tables: Sequence[Table], layers: Mapping[str, nn.Module]
-) -> dict[int, torch.Tensor]:
-    """Map each audited table's weight to the rows the invariance check compares."""
-    reach = {}
-    for t in tables:
-        rows = batch.reachable_rows(t.rows, t.pad_idx)
-        for weight in layers[t.path].parameters():  # a parametrized table: its originals
-            if weight.dim() and weight.shape[0] == t.rows:
-                reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
-    return reach
-
-
-def _rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Return ``grad[rows]`` densely, for a dense or sparse gradient (rows sorted)."""
-    if not grad.is_sparse:
-        return grad.index_select(0, rows)
-    grad = grad.coalesce()
-    index, values = grad.indices()[0], grad.values()
-    out = values.new_zeros((len(rows), *values.shape[1:]))
-    if len(index):
-        at = torch.searchsorted(index, rows).clamp(max=len(index) - 1)
-        hit = index[at] == rows
-        out[hit] = values[at[hit]]
-    return out
-
-
-_CONSTANT_LOSS = (
-    "the loss does not depend on any trainable parameter of the model, so no gradient can "
-    "be measured: pass loss=callable(output, batch) that computes a scalar from the output"
-)
-
-
-def _tied_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
-    others = ", ".join(t.tied_with)
-    return (
-        "tied",
-        f"the weight is shared with {others} (tied weights): the gradient of its output "
-        "reaches every row, the pad row included, whatever padding_idx says",
-        f"untie the weights, zero the pad row's gradient with "
-        f"weight.register_hook(lambda g: g.index_fill(0, torch.tensor([{t.pad_idx}]), 0)), "
-        "or accept it knowingly with allow=('tied',)",
-    )
-
-
-def _mismatch_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
-    source = pad_source(handle.options, t.pad_idx)
-    cls = t.kind.split("(")[0]
-    return (
-        "pad_mismatch",
-        f"your data pads with {t.pad_idx} ({source}) but {t.path} has padding_idx="
-        f"{t.own_pad_idx}: row {t.pad_idx} is looked up at every pad position and trains "
-        f"like a real token, while padding_idx keeps row {t.own_pad_idx} aside",
-        f"pad your data with {t.own_pad_idx} (pad_idx={t.own_pad_idx}), or construct the "
-        f"layer with padding_idx={t.pad_idx}: nn.{cls}({t.rows}, {t.dim}, "
-        f"padding_idx={t.pad_idx})",
-    )
-
-
-def _grad_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
-    """Words for a pad-row gradient through the table's lookups (never the tied head's)."""
-    cls = t.kind.split("(")[0]
-    if not t.own_pad:
-        return (
-            "no_padding_idx",
-            f"nn.{cls} has no padding_idx, so every pad token trains row {t.pad_idx} "
-            "like a real token",
-            f"construct it with padding_idx={t.pad_idx}: "
-            f"nn.{cls}({t.rows}, {t.dim}, padding_idx={t.pad_idx})",
-        )
-    return (
-        "weight_reuse",
-        f"padding_idx={t.pad_idx} is set, yet the row gets gradient: the weight is read "
-        "outside the layer's lookup (F.embedding without padding_idx, a matmul with .weight)",
-        "pass padding_idx= wherever the weight is looked up, or zero the pad row's gradient",
-    )
-
-
-def _forward_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
-    layer = handle._layers[t.path]
-    if getattr(layer, "max_norm", None):
-        return (
-            "max_norm",
-            f"max_norm={layer.max_norm} renormalised it in the forward pass: every looked-up "
-            "row whose norm exceeds max_norm is rescaled in place, outside autograd, and "
-            "this pad row is not zero",
-            f"zero the pad row (with torch.no_grad(): {t.path}.weight[{t.pad_idx}] = 0) "
-            "or drop max_norm",
-        )
-    return (
-        "forward",
-        "the forward pass wrote to the embedding weight in place",
-        "do not modify the weight inside forward",
-    )
-
-
-def _optimizer_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, str]:
-    if info.weight_decay:
-        return (
-            "weight_decay",
-            f"weight decay moved a non-zero pad row: {info.name}(weight_decay="
-            f"{info.weight_decay:g}) shrinks every row every step, although the pad row's "
-            "gradient is zero",
-            "put the embedding in a param group with weight_decay=0, or zero the pad row "
-            "once (a zero row stays zero)",
-        )
-    return (
-        "optimizer",
-        f"{info.name} moved the row although its gradient is zero (momentum or a stateful update)",
-        "exclude the table from that update, or zero the pad row",
-    )
-
-
-def _invariance_words(handle: TorchHandle, t: Table | None, info: Any) -> tuple[str, str, str]:
-    module = dict(handle.model.named_modules()).get(info) if info else None
-    attention = (
-        nn.MultiheadAttention,
-        nn.TransformerEncoderLayer,
-        nn.TransformerEncoder,
-        nn.TransformerDecoderLayer,
-        nn.TransformerDecoder,
-        nn.Transformer,
-    )
-    if isinstance(module, attention):
-        why = "attention attends to the pad keys: no key padding mask was passed"
-        fix = (
-            "pass src_key_padding_mask=~mask (key_padding_mask=~mask for "
-            "nn.MultiheadAttention), True at pad positions"
-        )
-    elif isinstance(module, nn.RNNBase):
-        name = type(module).__name__
-        why = f"{name} runs over the pad positions, so its final state depends on them"
-        fix = (
-            "pack the batch: nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, "
-            "enforce_sorted=False)"
-        )
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        why = "its batch statistics include the pad positions"
-        fix = "normalise over real positions only, or use LayerNorm"
-    else:
-        why = (
-            "a pooling or mixing step treats pad positions as data (an unmasked mean or sum "
-            "over the sequence, attention without a mask)"
-        )
-        fix = "mask it: (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)"
-    return "invariance", why, fix
-
-
-_EXPLAIN: dict[str, Callable[[TorchHandle, Any, Any], tuple[str, str, str]]] = {
-    "grad": _grad_words,
-    "tied": _tied_words,
-    "pad_mismatch": _mismatch_words,
-    "nonfinite": lambda h, t, i: (
-        "nonfinite",
-        "the model produced nan/inf on the padded batch (a division by a zero pad count, "
-        "log(0) at pad positions)",
-        "guard the pad positions (clamp denominators, mask before log) and rerun with the seed",
-    ),
-    "forward": _forward_words,
-    "optimizer": _optimizer_words,
-    "invariance": _invariance_words,
-}
+        return EXPLAIN[cause](self, table, info)

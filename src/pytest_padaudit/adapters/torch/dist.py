@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..batch import LossPlan, PadBatch
-from ..errors import PadAuditError
-from ..handle import OptimizerInfo, Table
-from ..options import AuditOptions
-from .torch import TorchHandle, _to_numpy, floating_tensors
-from .torch_optim import build_optimizer
+from ...batch import LossPlan, PadBatch
+from ...errors import PadAuditError
+from ...handle import OptimizerInfo, Table
+from ...options import AuditOptions
+from .handle import TorchHandle
+from .optim import build_optimizer
+from .state import floating_tensors, to_numpy
 
 
 def _dtensor_type() -> type | None:
@@ -212,10 +213,10 @@ class FSDPHandle(TorchHandle):
                 t, rows = reach[id(param)]
                 grads[name] = self._rows(grad, rows, t.dim)
             elif _dtensor_type() is not None and isinstance(grad, _dtensor_type()):
-                grads[name] = _to_numpy(grad.full_tensor())
+                grads[name] = to_numpy(grad.full_tensor())
             else:
-                grads[name] = _to_numpy(grad)
-        return grads, [_to_numpy(t) for t in floating_tensors(output)]  # the engine cuts
+                grads[name] = to_numpy(grad)
+        return grads, [to_numpy(t) for t in floating_tensors(output)]  # the engine cuts
 
     def _rows(self, grad: torch.Tensor, rows: np.ndarray, dim: int) -> np.ndarray:
         """Return ``grad[rows]``: each rank fills the rows it holds, summed over ranks."""
