@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import report as _text  # noqa: F401 -- installs the reports' text renderer
 from .batch import LossPlan, PadBatch, make_batch
 from .errors import PadAuditError
 from .handle import ModelHandle, OptimizerInfo, Table
@@ -20,6 +21,7 @@ from .hooks import plugin_manager
 from .invariance import check_invariance
 from .options import AuditOptions, framework_seed
 from .result import AuditReport, Finding, TableResult
+from .shrink import attach_smallest
 from .tables import (
     NO_PAD,
     candidates,
@@ -46,12 +48,14 @@ def audit(model: object, **options: Any) -> AuditReport:
     report as allowed instead of failing). Raise :class:`PadAuditError` on bad input.
     """
     opts = AuditOptions.from_kwargs(**options)
-    handle = adapt(model, opts)
-    report = run_audit(handle, opts)
-    if not report.passed:
-        from .shrink import attach_smallest
+    return audit_handle(adapt(model, opts), opts)
 
-        attach_smallest(handle, opts, report)
+
+def audit_handle(handle: ModelHandle, opts: AuditOptions, test: str | None = None) -> AuditReport:
+    """Audit through ``handle``; on a failure, attach the smallest batch that still fails."""
+    report = run_audit(handle, opts, test=test)
+    if not report.passed:
+        attach_smallest(handle, opts, report, run_audit)
     return report
 
 

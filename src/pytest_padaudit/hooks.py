@@ -19,13 +19,16 @@ class _Manager(pluggy.PluginManager):
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
         opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and name.startswith("padaudit_"):
+        if opts is None and name.startswith("padaudit_") and hasattr(hookspecs, name):
             method = getattr(plugin, name, None)
             if inspect.isroutine(method):
                 return {}
         return opts
 
 
+#: The one padaudit plugin manager of the process: ``audit()`` runs outside pytest too, so
+#: adapters and ``register()``ed plugins live here, not with a pytest session. A pytest
+#: session adds its conftest hooks through its own ``plugin.Bridge`` and removes them at exit.
 _manager: _Manager | None = None
 
 

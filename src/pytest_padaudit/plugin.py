@@ -70,6 +70,8 @@ DEFAULTS = pytest.StashKey[dict[str, Any]]()
 SEED = pytest.StashKey["int | None"]()
 #: the options of an item (defaults and marker merged, validated), resolved once at setup.
 ITEM_OPTIONS = pytest.StashKey[dict[str, Any]]()
+#: the marker's ``model=`` (fixture names), read with the item's options.
+ITEM_MODELS = pytest.StashKey["str | list[str] | tuple[str, ...] | None"]()
 #: the item uses the ``padaudit`` fixture but carries no marker of its own.
 IMPLICIT = pytest.StashKey[bool]()
 REPORTS = pytest.StashKey[list["AuditReport"]]()
@@ -114,7 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
     defaults, seed = session_settings(config)
     config.stash[DEFAULTS] = defaults
     config.stash[SEED] = seed
-    zerocode.configure(config)
+    zerocode.configure(config, audit=audit_for, keep=keep_report)
 
 
 def session_settings(config: pytest.Config) -> tuple[dict[str, Any], int | None]:
@@ -158,27 +160,43 @@ def _read(s: Setting, raw: Any, source: str) -> Any:
     return value
 
 
-#: conftest modules registered with padaudit's own hooks, per pytest plugin manager.
-_BRIDGED: dict[int, list[object]] = {}
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Declare ``padaudit_report_json`` as a pytest hook; bridge padaudit's own hooks."""
+    from . import newhooks
+
+    pluginmanager.add_hookspecs(newhooks)
+    pluginmanager.register(Bridge(), "padaudit-bridge")
 
 
-def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
-    """Let a conftest.py implement padaudit hooks by defining ``padaudit_*`` functions."""
-    if not any(name.startswith("padaudit_") for name in dir(plugin)):
-        return
-    from .hooks import register
+class Bridge:
+    """Let a conftest.py implement padaudit's own hooks by defining ``padaudit_*`` functions.
 
-    register(plugin)
-    _BRIDGED.setdefault(id(manager), []).append(plugin)
+    One per pytest plugin manager (so per session): it registers such conftest modules with
+    padaudit's plugin manager and takes them out again when the session ends.
+    """
 
+    def __init__(self) -> None:
+        self.plugins: list[object] = []
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    bridged = _BRIDGED.pop(id(config.pluginmanager), [])
-    if bridged:
-        from .hooks import unregister
+    def pytest_plugin_registered(self, plugin: object) -> None:
+        from . import hookspecs
 
-        for plugin in bridged:
-            unregister(plugin)
+        if plugin is self or not any(
+            name.startswith("padaudit_") and hasattr(hookspecs, name) for name in dir(plugin)
+        ):
+            return
+        from .hooks import register
+
+        register(plugin)
+        self.plugins.append(plugin)
+
+    def pytest_unconfigure(self) -> None:
+        if self.plugins:
+            from .hooks import unregister
+
+            for plugin in self.plugins:
+                unregister(plugin)
+            self.plugins.clear()
 
 
 def _marker_options(item: pytest.Item) -> dict[str, Any]:
@@ -221,6 +239,7 @@ def item_options(item: pytest.Item) -> dict[str, Any]:
         raise PadAuditError(f"@pytest.mark.padaudit({shown}) on {item.name}: {exc}{hint}") from None
     options = {**item.config.stash[DEFAULTS], **marker}
     item.stash[ITEM_OPTIONS] = options
+    item.stash[ITEM_MODELS] = wanted
     return options
 
 
@@ -241,7 +260,7 @@ def _did_you_mean(marker: dict[str, Any]) -> str:
 
 def audit_for(item: pytest.Item, model: object, call_options: dict[str, Any]) -> AuditReport:
     """Audit ``model`` for ``item`` (ini < command line < marker < call); keep the report."""
-    from .engine import adapt, run_audit
+    from .engine import adapt, audit_handle
     from .options import AuditOptions
 
     options = {**item_options(item), **call_options}
@@ -251,13 +270,14 @@ def audit_for(item: pytest.Item, model: object, call_options: dict[str, Any]) ->
         options["seed"] = seed
     opts = AuditOptions.from_kwargs(**options)
     handle = adapt(model, opts)
-    report = run_audit(handle, opts, test=item.nodeid)
-    if not report.passed:
-        from .shrink import attach_smallest
-
-        attach_smallest(handle, opts, report)
-    item.stash.setdefault(REPORTS, []).append(report)
+    report = audit_handle(handle, opts, test=item.nodeid)
+    keep_report(item, report)
     return report
+
+
+def keep_report(item: pytest.Item, report: AuditReport) -> None:
+    """Keep ``report`` with ``item``: reporting attaches it to the test report."""
+    item.stash.setdefault(REPORTS, []).append(report)
 
 
 class Auditor:
@@ -284,7 +304,7 @@ class Auditor:
 
         report = audit_checkpoint(path_or_state, **options)
         report.test = self._item.nodeid
-        self._item.stash.setdefault(REPORTS, []).append(report)
+        keep_report(self._item, report)
         if not report.passed:
             raise PadLeakError(report.failure_message(), report)
         return report
@@ -368,7 +388,8 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
     funcargs: dict[str, Any] = getattr(item, "funcargs", {})
     own = getattr(getattr(item, "_fixtureinfo", None), "argnames", None) or tuple(funcargs)
     shown = ", ".join(own) or "none"  # the test's own arguments, not every fixture it pulls
-    wanted = _marker_options(item).get("model")
+    item_options(item)  # resolved once per item: reads the marker's model= too
+    wanted = item.stash[ITEM_MODELS]
     if wanted is not None:
         names = [wanted] if isinstance(wanted, str) else list(wanted)
         missing = [n for n in names if n not in funcargs]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .layout import GAP, align, fit_widths, heading, span, wrap
+from .result import use_renderer
 
 if TYPE_CHECKING:
     from .result import AuditReport
@@ -393,3 +395,6 @@ def reproduction(audit: Audit) -> str:
             *(f"  {ids}" for ids in batch["ids"]),
         ]
     return "\n".join(lines)
+
+
+use_renderer(sys.modules[__name__])  # AuditReport.__str__ and failure_message print with us

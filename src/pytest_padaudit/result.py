@@ -111,9 +111,8 @@ class AuditReport:
         return self
 
     def failure_message(self) -> str:
-        from .report import failure_message
-
-        return failure_message(self)
+        """Return the message a failing audit raises (rendered by ``report.py``)."""
+        return _renderer().failure_message(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON primitives."""
@@ -135,6 +134,21 @@ class AuditReport:
         }
 
     def __str__(self) -> str:
-        from .report import render_text
+        return _renderer().render_text(self)
 
-        return render_text(self)
+
+#: The text renderer of reports: ``report.py`` installs itself when imported, and the
+#: modules that make reports (``engine.py``, ``checkpoint.py``) import it. The data object
+#: never imports its renderer; whoever prints does.
+_RENDERER: list[Any] = []
+
+
+def use_renderer(renderer: Any) -> None:
+    """Render reports with ``renderer`` (``render_text(report)``, ``failure_message(report)``)."""
+    _RENDERER[:] = [renderer]
+
+
+def _renderer() -> Any:
+    if not _RENDERER:
+        raise RuntimeError("no report renderer installed: import pytest_padaudit.report")
+    return _RENDERER[0]

@@ -5,7 +5,8 @@ own batch: fewest sequences first, then fewest real tokens and pads. Only batche
 engine confirms still leak are kept; the search stops after :data:`BUDGET` re-runs. The
 result lands in ``AuditReport.smallest`` as literal ids, ready for a plain reproduction.
 
-Framework-free: it talks to the model only through ``engine.run_audit`` (so the
+Framework-free: it talks to the model only through the ``rerun`` it is given, the
+engine's ``run_audit`` (so the
 ``padaudit_audit_finished`` hook sees each re-run too, with the same ``report.test``, and
 its vetoes count). Re-runs step the default SGD, never the user's optimizer again.
 """
@@ -13,7 +14,7 @@ its vetoes count). Re-runs step the default SGD, never the user's optimizer agai
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,16 +26,20 @@ if TYPE_CHECKING:
     from .options import AuditOptions
     from .result import AuditReport, Finding
 
+#: how the search re-runs an audit: ``engine.run_audit(handle, opts, test=, batch=)``.
+Rerun = Callable[..., "AuditReport"]
 #: re-runs of the failing check the search may spend.
 BUDGET = 12
 
 
-def attach_smallest(handle: ModelHandle, opts: AuditOptions, report: AuditReport) -> None:
+def attach_smallest(
+    handle: ModelHandle, opts: AuditOptions, report: AuditReport, rerun: Rerun
+) -> None:
     """Set ``report.smallest`` to the smallest batch that still fails (None: none smaller)."""
     targets = [f for f in report.leaks if _depends_on_batch(f)]
     if not targets or not report.batch.get("ids"):
         return
-    shrinker = Shrinker(handle, opts, targets[0], report.test)
+    shrinker = Shrinker(handle, opts, targets[0], report.test, rerun)
     try:
         report.smallest = shrinker.run(_batch_of(report))
     except Exception as exc:  # the search is a bonus: it never hides the audit's verdict
@@ -88,9 +93,15 @@ class Shrinker:
     """Search smaller batches on which ``target`` (a finding of the audit) still fails."""
 
     def __init__(
-        self, handle: ModelHandle, opts: AuditOptions, target: Finding, test: str | None = None
+        self,
+        handle: ModelHandle,
+        opts: AuditOptions,
+        target: Finding,
+        test: str | None,
+        rerun: Rerun,
     ) -> None:
         self.handle = handle
+        self.rerun = rerun
         self.test = test
         self.target = target
         # the default SGD: a batch-dependent update leak moves the row under any optimizer,
@@ -101,11 +112,9 @@ class Shrinker:
 
     def fails(self, batch: PadBatch) -> bool:
         """Re-run the failing check on ``batch``; True when the same leak shows again."""
-        from .engine import run_audit
-
         self.runs += 1
         try:
-            report = run_audit(self.handle, self.opts, test=self.test, batch=batch)
+            report = self.rerun(self.handle, self.opts, test=self.test, batch=batch)
         except Exception:  # e.g. a model that needs its own batch size: not a smaller failure
             return False
         same_layer = self.target.check == "invariance"

@@ -14,12 +14,21 @@ from __future__ import annotations
 import ast
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .errors import PadAuditError
+
+if TYPE_CHECKING:
+    from .result import AuditReport
+
+#: How the generated items audit a model and keep a report for the item: the plugin hands
+#: its own functions over at configure (the plugin imports this module, never the reverse).
+AUDIT = pytest.StashKey[Callable[[pytest.Item, object, dict[str, Any]], "AuditReport"]]()
+KEEP = pytest.StashKey[Callable[[pytest.Item, "AuditReport"], None]]()
 
 MODEL_OPTION = "--padaudit-model"
 CHECKPOINT_OPTION = "--padaudit-checkpoint"
@@ -52,7 +61,11 @@ MODEL_PREFIX = "padaudit["
 CHECKPOINT_PREFIX = "padaudit-checkpoint["
 
 
-def configure(config: pytest.Config) -> None:
+def configure(
+    config: pytest.Config,
+    audit: Callable[[pytest.Item, object, dict[str, Any]], AuditReport],
+    keep: Callable[[pytest.Item, AuditReport], None],
+) -> None:
     """Register the item generator when a zero-code option or item id was given.
 
     ``pytest 'padaudit[pkg.mod:factory]'`` (the node id of a generated item, as the
@@ -70,6 +83,8 @@ def configure(config: pytest.Config) -> None:
         models, checkpoints = list(dict.fromkeys(models)), list(dict.fromkeys(checkpoints))
         config.option.padaudit_model = models  # pytest-xdist workers read the options
         config.option.padaudit_checkpoint = checkpoints
+    config.stash[AUDIT] = audit
+    config.stash[KEEP] = keep
     if models or checkpoints:
         config.pluginmanager.register(ZeroCode(models, checkpoints), "padaudit-zerocode")
 
@@ -251,7 +266,6 @@ class ModelItem(_ZeroCodeItem):
 
     def runtest(self) -> None:
         from .engine import find_handle
-        from .plugin import audit_for
 
         model = self.obj if find_handle(self.obj) is not None else self.obj()
         if find_handle(model) is None:
@@ -260,7 +274,7 @@ class ModelItem(_ZeroCodeItem):
                 f"{type(model).__module__}.{type(model).__qualname__}, not a model padaudit "
                 "can audit: return a torch.nn.Module or a keras.Model holding an embedding"
             )
-        report = audit_for(self, model, dict(self.options))
+        report = self.config.stash[AUDIT](self, model, dict(self.options))
         self.add_report_section("call", "padaudit", str(report))
         if not report.passed:
             pytest.fail(report.failure_message(), pytrace=False)
@@ -276,11 +290,10 @@ class CheckpointItem(_ZeroCodeItem):
 
     def runtest(self) -> None:
         from .checkpoint import audit_checkpoint
-        from .plugin import REPORTS
 
         report = audit_checkpoint(self.file, **self.options)
         report.test = self.nodeid  # reported like a model audit (--padaudit-report, JUnit)
-        self.stash.setdefault(REPORTS, []).append(report)
+        self.config.stash[KEEP](self, report)
         self.add_report_section("call", "padaudit", str(report))
         if not report.passed:
             pytest.fail(report.failure_message(), pytrace=False)

@@ -1,0 +1,112 @@
+"""The import graph: plugin -> engine -> adapters, no cycles, no pytest below the pytest face."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest_padaudit
+
+PACKAGE = pathlib.Path(pytest_padaudit.__file__).parent
+#: the only modules that speak to pytest.
+PYTEST_FACE = {"plugin", "reporting", "zerocode"}
+FRAMEWORKS = {"torch", "tensorflow", "keras", "tf_keras", "jax", "flax", "optax", "transformers"}
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: pathlib.Path, known: set[str]) -> tuple[set[str], set[str]]:
+    """Return (package modules, top-level external packages) imported anywhere in the file.
+
+    Imports under ``if TYPE_CHECKING:`` are left out: they never run.
+    """
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    inner: set[str] = set()
+    outer: set[str] = set()
+
+    def walk(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for other in child.orelse:
+                    walk(other)
+                continue
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    top, _, rest = alias.name.partition(".")
+                    if top == "pytest_padaudit":
+                        inner.add(rest)
+                    else:
+                        outer.add(top)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".") if package else []
+                    base = base[: len(base) - (child.level - 1)] if child.level > 1 else base
+                    module = ".".join(p for p in [*base, child.module or ""] if p)
+                    for alias in child.names:
+                        full = f"{module}.{alias.name}" if module else alias.name
+                        inner.add(full if full in known else module)
+                elif (child.module or "").split(".")[0] == "pytest_padaudit":
+                    inner.add((child.module or "").partition(".")[2])
+                else:
+                    outer.add((child.module or "").split(".")[0])
+            walk(child)
+
+    walk(ast.parse(path.read_text()))
+    inner.discard(name)
+    return {m for m in inner if m in known}, outer
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    modules = _modules()
+    known = set(modules)
+    inner, outer = {}, {}
+    for name, path in modules.items():
+        inner[name], outer[name] = _imports(name, path, known)
+    return inner, outer
+
+
+def test_only_the_pytest_face_imports_pytest() -> None:
+    _, outer = _graph()
+    speaking = {name for name, ext in outer.items() if {"pytest", "_pytest"} & ext}
+    assert speaking <= PYTEST_FACE, sorted(speaking - PYTEST_FACE)
+
+
+def test_engine_and_core_import_no_framework() -> None:
+    _, outer = _graph()
+    core = [n for n in outer if not n.startswith("adapters") and n not in ("checkpoint",)]
+    offenders = {n: sorted(outer[n] & FRAMEWORKS) for n in core if outer[n] & FRAMEWORKS}
+    assert not offenders
+
+
+def test_no_import_cycles() -> None:
+    inner, _ = _graph()
+    cycles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(inner[node]):
+            # a package's __init__ is imported by its children anyway: not a cycle edge
+            if node.startswith(nxt + ".") or (nxt == "" and node):
+                continue
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(inner):
+        if node not in state:
+            visit(node)
+    assert not cycles
