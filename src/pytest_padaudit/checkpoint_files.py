@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .adapters.keras.checkpoint import h5_arrays
+from .adapters.torch.checkpoint import torch_installed, torch_load
 from .errors import PadAuditError
 
 Row = Callable[[int], np.ndarray]
@@ -45,35 +47,7 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, dict,
         return str(path), *_h5(data)
     if name.endswith((".h5", ".hdf5")):
         return str(path), *_h5(path)
-    return str(path), *_readers(flatten(_torch_load(path)))
-
-
-def _torch_load(path: Path) -> Mapping[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        raise PadAuditError(
-            f"reading {path} needs PyTorch: install torch, or save the weights as "
-            ".safetensors or .weights.h5"
-        ) from None
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PadAuditError(
-            f"torch.load({str(path)!r}, weights_only=True) refused the file ({first}): padaudit "
-            "never unpickles arbitrary objects. Save the weights alone: "
-            "torch.save(model.state_dict(), path), or save_file() from safetensors"
-        ) from None
-    if not isinstance(state, Mapping):
-        raise PadAuditError(
-            f"{path} holds a {type(state).__name__}, not a state_dict: save "
-            "model.state_dict(), or pass the mapping of names to tensors"
-        )
-    return state
+    return str(path), *_readers(flatten(torch_load(path)))
 
 
 def _safetensors(path: Path) -> tuple[dict, dict]:
@@ -81,12 +55,7 @@ def _safetensors(path: Path) -> tuple[dict, dict]:
         from safetensors import safe_open
     except ImportError:
         raise PadAuditError(f"reading {path} needs safetensors: pip install safetensors") from None
-    try:
-        import torch  # noqa: F401  (bf16 tensors need it)
-
-        framework = "pt"
-    except ImportError:
-        framework = "numpy"
+    framework = "pt" if torch_installed() else "numpy"  # bf16 tensors need torch
     rows, shapes = {}, {}
     with safe_open(str(path), framework=framework) as f:
         for key in f.keys():  # noqa: SIM118  (safe_open is not iterable)
@@ -105,20 +74,7 @@ def _safetensors(path: Path) -> tuple[dict, dict]:
 
 
 def _h5(source: Path | io.BytesIO) -> tuple[dict, dict]:
-    try:
-        import h5py
-    except ImportError:
-        raise PadAuditError("reading Keras weights needs h5py: pip install h5py") from None
-    data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
-    arrays: dict[str, np.ndarray] = {}
-    with h5py.File(io.BytesIO(data), "r") as f:
-
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and obj.ndim == 2:
-                arrays[name] = obj[()]
-
-        f.visititems(visit)
-    return _readers(arrays)
+    return _readers(h5_arrays(source))
 
 
 def flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
+
+import pytest
 
 import pytest_padaudit
 
@@ -110,3 +115,29 @@ def test_no_import_cycles() -> None:
         if node not in state:
             visit(node)
     assert not cycles
+
+
+def test_importing_the_plugin_loads_no_framework() -> None:
+    code = (
+        "import sys, pytest_padaudit.plugin, pytest_padaudit.reporting, pytest_padaudit.adapters\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{sorted(FRAMEWORKS | {'numpy'} - {'optax'})!r}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+#: the roles every built-in framework subpackage has, under the same file names.
+ROLES = {"__init__", "handle", "tables", "state", "optim", "explain", "noise", "checkpoint"}
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_each_framework_has_the_same_roles(framework: str) -> None:
+    files = {p.stem for p in (PACKAGE / "adapters" / framework).glob("*.py")}
+    assert files >= ROLES, sorted(ROLES - files)
+    flax = {p.stem for p in (PACKAGE / "adapters" / "flax").glob("*.py")}
+    assert flax <= ROLES  # the third-party one uses the same names for what it has
