@@ -20,7 +20,12 @@ from torch_models import MeanPool, Tagger, TiedLM
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pytest_padaudit"
 #: the modules that decide a finding's cause.
-EMITTERS = [*sorted((SRC / "adapters").glob("*.py")), SRC / "engine.py", SRC / "checkpoint.py"]
+EMITTERS = [
+    *sorted((SRC / "adapters").rglob("*.py")),  # every framework subpackage
+    SRC / "explain.py",
+    SRC / "engine.py",
+    SRC / "checkpoint.py",
+]
 CODE = re.compile(r"^[a-z][a-z_]*$")
 
 

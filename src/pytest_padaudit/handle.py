@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from .options import AuditOptions
 
 
+#: the path that names the model itself (its root module/layer), in every framework.
+ROOT = "(model)"
+
+
 @dataclass(frozen=True)
 class Table:
     """An embedding table found in the model."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from .batch import LossPlan, PadBatch, base_region, grown, guess_axes, real_positions
 from .errors import PadAuditError
-from .handle import ModelHandle, Table, Trace
+from .handle import ROOT, ModelHandle, Table, Trace
 from .options import AuditOptions
 from .result import AuditReport, Finding, InvarianceResult
 
@@ -151,7 +151,7 @@ def _judge(
         report.findings.append(
             Finding(
                 "invariance",
-                "(model)",
+                ROOT,
                 batch.pad_idx,
                 float("nan"),
                 cause,
@@ -187,7 +187,7 @@ def _judge(
     report.findings.append(
         Finding(
             "invariance",
-            first or "(model)",
+            first or ROOT,
             batch.pad_idx,
             result.value,
             cause,
@@ -205,7 +205,7 @@ def _not_checked(batch: PadBatch, report: AuditReport, why: str, because: str) -
     report.findings.append(
         Finding(
             "invariance",
-            "(model)",
+            ROOT,
             batch.pad_idx,
             float("nan"),
             "not_checked",
@@ -309,7 +309,7 @@ def _localise(
         if rel_in > rtol:
             parent = path.rpartition(".")[0]
             return (
-                parent or "(model)",
+                parent or ROOT,
                 f"the forward of {parent or trace.owner}, before {path}",
                 rel_in,
             )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from flax import nnx
 
-from ...handle import Table
+from ...handle import ROOT, Table
 from ...options import AuditOptions
 from . import optim
 
@@ -28,7 +28,7 @@ _POOL = (
 
 def expr(path: str) -> str:
     """Return the Python expression that reaches module ``path`` from ``model``."""
-    if path == "(model)":
+    if path == ROOT:
         return "model"
     out = "model"
     for part in path.split("."):

@@ -27,7 +27,7 @@ from flax import nnx
 
 from ...batch import LossPlan, PadBatch
 from ...errors import PadAuditError
-from ...handle import OptimizerInfo, Table, Trace, output_leaves
+from ...handle import ROOT, OptimizerInfo, Table, Trace, output_leaves
 from ...options import AuditOptions
 from . import explain as words
 from . import optim
@@ -343,7 +343,7 @@ class FlaxHandle:
         rec = Recorder(tracing=True)
         with recording(rec):
             self._forward(copy, self._batch(batch, training=False))
-        return Trace(owner=self.model_class, entries=[e for e in rec.trace if e[0] != "(model)"])
+        return Trace(owner=self.model_class, entries=[e for e in rec.trace if e[0] != ROOT])
 
     # -- words -----------------------------------------------------------------------
     def explain(

@@ -21,9 +21,7 @@ import numpy as np
 from flax import nnx
 
 from ...errors import PadAuditError
-from ...handle import Table
-
-ROOT = "(model)"
+from ...handle import ROOT, Table
 
 
 def path_str(path: tuple[Any, ...]) -> str:

@@ -17,7 +17,6 @@ import tensorflow as tf
 
 from ...handle import output_leaves
 
-ROOT = "(model)"
 _MISSING = object()
 #: Signature of a call recorder: (path, layer, args, kwargs, outputs) -> None, or what the
 #: call returns instead of its outputs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ... import explain as words
 from ...handle import Table
 from ...options import AuditOptions
 from .mask_flow import mask_flow
@@ -209,11 +210,7 @@ def _optimizer_words(
             "each optimizer step, and this pad row is not zero",
             f"zero the pad row once ({_zero_row(t)}) or drop the constraint",
         )
-    return (
-        "optimizer",
-        f"{info.name} moved the row although its gradient is zero (momentum or a stateful update)",
-        "exclude the table from that update, or zero the pad row",
-    )
+    return words.stateful(info.name)
 
 
 def _invariance_words(
@@ -232,7 +229,7 @@ def _invariance_words(
         why = f"{name} runs over the pad positions without a mask, so its state depends on them"
         fix = "give the Embedding mask_zero=True (or add a Masking layer) so the RNN skips pads"
     elif isinstance(layer, layers.BatchNormalization):
-        why = "its batch statistics include the pad positions"
+        why = words.BATCH_STATISTICS
         fix = "normalise over real positions only, or use LayerNormalization"
     else:
         why = (
@@ -250,14 +247,13 @@ _EXPLAIN: dict[str, Callable[[KerasHandle, Any, AuditOptions, Any], tuple[str, s
     "grad": _grad_words,
     "nonfinite": lambda h, t, o, i: (
         "nonfinite",
-        "the model produced nan/inf on the padded batch (a division by a zero pad count, "
-        "log(0) at pad positions)",
+        words.NONFINITE,
         "guard the pad positions (ops.divide_no_nan, mask before log) and rerun with the seed",
     ),
     "forward": lambda h, t, o, i: (
         "forward",
         "the forward pass assigned to the embeddings variable (a call that uses .assign)",
-        "do not modify the weight inside call",
+        words.FORWARD_FIX.format(method="call"),
     ),
     "optimizer": _optimizer_words,
     "invariance": _invariance_words,

@@ -18,11 +18,10 @@ import tensorflow as tf
 
 from ...batch import LossPlan, PadBatch
 from ...errors import PadAuditError
-from ...handle import OptimizerInfo, Table, Trace
+from ...handle import ROOT, OptimizerInfo, Table, Trace
 from ...options import AuditOptions
 from . import explain as keras_words
 from .calls import (
-    ROOT,
     dense,
     floating_tensors,
     keras_mask,

@@ -19,19 +19,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ...stepping import ELEMENTWISE as STEPPED_ALONE
+
 #: optimizer classes (by name, in keras.optimizers) that update element by element.
-ELEMENTWISE = (
-    "SGD",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "Nadam",
-    "RMSprop",
-    "Adagrad",
-    "Adadelta",
-    "Ftrl",
-    "Lion",
-)
+ELEMENTWISE = STEPPED_ALONE["keras"]
 
 
 def elementwise(keras: Any, optimizer: Any) -> bool:
@@ -52,7 +43,10 @@ class PadRowStepper:
     """Step copies of the tables' pad rows with ``optimizer``; the tables stay untouched.
 
     Between steps the model keeps its original pad rows; ``row(path)`` is the stepped one.
+    Follows :class:`pytest_padaudit.stepping.PadRowStepper` (always on one-row copies).
     """
+
+    full = False
 
     def __init__(self, keras: Any, optimizer: Any, rows: Sequence[tuple[str, Any, int]]) -> None:
         self.optimizer = optimizer

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ... import explain as words
 from ...handle import Table, pad_source
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def _forward_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str, 
     return (
         "forward",
         "the forward pass wrote to the embedding weight in place",
-        "do not modify the weight inside forward",
+        words.FORWARD_FIX.format(method="forward"),
     )
 
 
@@ -91,11 +92,7 @@ def _optimizer_words(handle: TorchHandle, t: Table, info: Any) -> tuple[str, str
             "put the embedding in a param group with weight_decay=0, or zero the pad row "
             "once (a zero row stays zero)",
         )
-    return (
-        "optimizer",
-        f"{info.name} moved the row although its gradient is zero (momentum or a stateful update)",
-        "exclude the table from that update, or zero the pad row",
-    )
+    return words.stateful(info.name)
 
 
 def _invariance_words(handle: TorchHandle, t: Table | None, info: Any) -> tuple[str, str, str]:
@@ -122,7 +119,7 @@ def _invariance_words(handle: TorchHandle, t: Table | None, info: Any) -> tuple[
             "enforce_sorted=False)"
         )
     elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        why = "its batch statistics include the pad positions"
+        why = words.BATCH_STATISTICS
         fix = "normalise over real positions only, or use LayerNorm"
     else:
         why = (
@@ -139,8 +136,7 @@ EXPLAIN: dict[str, Callable[[TorchHandle, Any, Any], tuple[str, str, str]]] = {
     "pad_mismatch": _mismatch_words,
     "nonfinite": lambda h, t, i: (
         "nonfinite",
-        "the model produced nan/inf on the padded batch (a division by a zero pad count, "
-        "log(0) at pad positions)",
+        words.NONFINITE,
         "guard the pad positions (clamp denominators, mask before log) and rerun with the seed",
     ),
     "forward": _forward_words,

@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 
 from ...batch import LossPlan, PadBatch
 from ...errors import PadAuditError
-from ...handle import OptimizerInfo, Table, Trace, pad_for
+from ...handle import ROOT, OptimizerInfo, Table, Trace, pad_for
 from ...options import AuditOptions
 from .explain import CONSTANT_LOSS, EXPLAIN
 from .noise import noise_at_pads
@@ -24,7 +24,7 @@ from .optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .params import is_leaf as _is_leaf
 from .params import weight as _weight
 from .state import can_be_sparse, floating_tensors, reachable_rows, rows_of, to_numpy
-from .tables import ROOT, Lookups, check_usable, compiled, uncompiled, untied
+from .tables import Lookups, check_usable, compiled, uncompiled, untied
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 _ROOT = ROOT

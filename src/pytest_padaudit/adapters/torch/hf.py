@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ...errors import PadAuditError
-from ...handle import Table, pad_source
+from ...handle import ROOT, Table, pad_source
 from ...options import AuditOptions
 from .handle import _TABLES, TorchBatch, TorchHandle
 from .tables import uncompiled
@@ -241,9 +241,7 @@ class HFHandle(TorchHandle):
             and layer.padding_idx is None
             and ("position" in path or path.rsplit(".", 1)[-1] in ("wpe", "embed_positions"))
         ]
-        if first != "(model)" and not any(
-            p == first or p.startswith(first + ".") for p in positions
-        ):
+        if first != ROOT and not any(p == first or p.startswith(first + ".") for p in positions):
             return None
         if not positions:
             return None

@@ -16,24 +16,11 @@ import torch
 from torch import nn
 
 from ...errors import PadAuditError
+from ...stepping import ELEMENTWISE as STEPPED_ALONE
 
 #: optimizers whose update of an element depends on that element's gradient and state only.
 ELEMENTWISE = frozenset(
-    getattr(torch.optim, name)
-    for name in (
-        "SGD",
-        "Adam",
-        "AdamW",
-        "Adamax",
-        "NAdam",
-        "RAdam",
-        "RMSprop",
-        "Adagrad",
-        "Adadelta",
-        "ASGD",
-        "Rprop",
-    )
-    if hasattr(torch.optim, name)
+    getattr(torch.optim, name) for name in STEPPED_ALONE["torch"] if hasattr(torch.optim, name)
 )
 HINT = (
     "pass optimizer= an optimizer class, an optimizer instance (its class and "
@@ -56,6 +43,8 @@ def pad_row_grad(weight: torch.Tensor, pad: int) -> torch.Tensor | None:
 
 class PadRowStepper:
     """Step the audited tables' pad rows as ``optimizer=`` would; never touch the user's one.
+
+    Follows :class:`pytest_padaudit.stepping.PadRowStepper`.
 
     ``full`` is True when the optimizer is not element-wise: then it steps the real tables,
     whose gradients must be dense and whose weights the caller must snapshot.

@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import PadAuditError
-from ...handle import Table
+from ...handle import ROOT, Table
 
 #: the path ``tables()`` gives the model itself.
-ROOT = "(model)"
 
 
 def uncompiled(model: object) -> object:
