@@ -10,7 +10,7 @@ import pluggy
 from . import hookspecs
 from .hookspecs import hookimpl
 
-__all__ = ["hookimpl", "plugin_manager", "register", "unregister"]
+__all__ = ["Bridge", "hookimpl", "plugin_manager", "register", "unregister"]
 ENTRY_POINT_GROUP = "padaudit"
 
 
@@ -60,3 +60,29 @@ def unregister(plugin: object) -> None:
     manager = plugin_manager()
     if manager.is_registered(plugin):
         manager.unregister(plugin)
+
+
+class Bridge:
+    """Let a conftest.py implement padaudit's own hooks by defining ``padaudit_*`` functions.
+
+    A pytest plugin: the pytest plugin registers one per pytest plugin manager (so per
+    session). It registers such conftest modules with padaudit's plugin manager and takes
+    them out again when the session ends. It needs nothing of pytest itself.
+    """
+
+    def __init__(self) -> None:
+        self.plugins: list[object] = []
+
+    def pytest_plugin_registered(self, plugin: object) -> None:
+        if plugin is self or not any(
+            name.startswith("padaudit_") and hasattr(hookspecs, name) for name in dir(plugin)
+        ):
+            return
+        register(plugin)
+        self.plugins.append(plugin)
+
+    def pytest_unconfigure(self) -> None:
+        if self.plugins:
+            for plugin in self.plugins:
+                unregister(plugin)
+            self.plugins.clear()

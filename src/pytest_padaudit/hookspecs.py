@@ -2,16 +2,19 @@
 
 Implement them in a plugin object registered with :func:`pytest_padaudit.register`, a
 ``padaudit`` entry point, or a ``conftest.py`` (functions named ``padaudit_*``).
-The pytest-facing ``padaudit_report_json`` is a pytest hook: see ``newhooks.py``.
+``padaudit_report_json`` also exists as the pytest hook ``pytest_padaudit_report_json``
+(``newhooks.py``), which pytest plugins and conftest files implement natively.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    import pytest
+
     from .batch import PadBatch
     from .handle import ModelHandle
     from .options import AuditOptions
@@ -48,4 +51,17 @@ def padaudit_audit_finished(report: AuditReport) -> None:
     Collect reports here, or veto: set ``finding.allowed = True`` to let a finding pass,
     or append a :class:`~pytest_padaudit.Finding` to ``report.findings`` to fail the
     audit. A test fails when ``report.passed`` is False after every implementation ran.
+    """
+
+
+@hookspec
+def padaudit_report_json(config: pytest.Config, data: dict[str, Any]) -> None:
+    """Adjust the ``--padaudit-report=json`` data in place before it is written.
+
+    :param config: the pytest config of the session (the controller under pytest-xdist).
+    :param data: ``{"version", "generator", "summary", "audits"}``; each audit is
+        ``AuditReport.to_dict()`` as JSON primitives. Add keys (CI metadata), drop what you
+        do not want kept (``audit["batch"]["ids"]``); values must stay JSON primitives.
+
+    Called on the process that writes the report only, once per JSON file.
     """

@@ -163,40 +163,10 @@ def _read(s: Setting, raw: Any, source: str) -> Any:
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     """Declare ``padaudit_report_json`` as a pytest hook; bridge padaudit's own hooks."""
     from . import newhooks
+    from .hooks import Bridge
 
     pluginmanager.add_hookspecs(newhooks)
     pluginmanager.register(Bridge(), "padaudit-bridge")
-
-
-class Bridge:
-    """Let a conftest.py implement padaudit's own hooks by defining ``padaudit_*`` functions.
-
-    One per pytest plugin manager (so per session): it registers such conftest modules with
-    padaudit's plugin manager and takes them out again when the session ends.
-    """
-
-    def __init__(self) -> None:
-        self.plugins: list[object] = []
-
-    def pytest_plugin_registered(self, plugin: object) -> None:
-        from . import hookspecs
-
-        if plugin is self or not any(
-            name.startswith("padaudit_") and hasattr(hookspecs, name) for name in dir(plugin)
-        ):
-            return
-        from .hooks import register
-
-        register(plugin)
-        self.plugins.append(plugin)
-
-    def pytest_unconfigure(self) -> None:
-        if self.plugins:
-            from .hooks import unregister
-
-            for plugin in self.plugins:
-                unregister(plugin)
-            self.plugins.clear()
 
 
 def _marker_options(item: pytest.Item) -> dict[str, Any]:

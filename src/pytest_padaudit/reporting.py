@@ -140,7 +140,10 @@ class ReportSession:
         for target in self.targets:
             if target.kind == "json":
                 data = render.build_json(audits, f"pytest-padaudit {__version__}")
-                self.config.hook.padaudit_report_json(config=self.config, data=data)
+                self.config.hook.pytest_padaudit_report_json(config=self.config, data=data)
+                from .hooks import plugin_manager
+
+                plugin_manager().hook.padaudit_report_json(config=self.config, data=data)
                 self._write(target, render.dump_json(data))
             elif target.kind == "md":
                 self._write(target, render.render_markdown(audits))

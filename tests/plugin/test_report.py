@@ -315,6 +315,26 @@ def test_json_hook_in_conftest_adjusts_the_data(demo: pytest.Pytester) -> None:
     assert all("ids" not in a["batch"] and a["batch"]["seed"] == 2 for a in data["audits"])
 
 
+def test_json_hook_is_a_pytest_hook_a_conftest_implements_natively(
+    demo: pytest.Pytester,
+) -> None:
+    demo.makeconftest(
+        """
+        def pytest_padaudit_report_json(config, data):
+            data["order"] = ["pytest"]
+
+        def padaudit_report_json(config, data):
+            data["order"].append("padaudit")
+        """
+    )
+    result = demo.runpytest("--padaudit-report=json")
+    result.assert_outcomes(passed=3, failed=1)
+    data = json.loads((demo.path / render_default("json")).read_text())
+    assert data["order"] == ["pytest", "padaudit"]
+    hooks = demo.parseconfig().pluginmanager.hook
+    assert hooks.pytest_padaudit_report_json.spec is not None  # declared, so checked by name
+
+
 def test_result_hook_in_conftest_collects_and_vetoes(demo: pytest.Pytester) -> None:
     demo.makeconftest(
         """
