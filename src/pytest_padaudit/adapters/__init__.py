@@ -2,7 +2,7 @@
 
 Each framework is a subpackage with the same roles: ``__init__`` (the light hook object,
 which recognises a model through ``sys.modules`` alone), ``handle``, ``tables``, ``state``,
-``optim``, ``explain`` and ``checkpoint``; see ``adapters/flax/`` for a third-party one.
+``optim``, ``explain`` and ``checkpoint``; the third-party-style Flax adapter sits beside them.
 """
 
 from __future__ import annotations
