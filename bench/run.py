@@ -175,7 +175,10 @@ def ratios(bench: Bench, repeats: int) -> list[dict[str, object]]:
 
 
 def real_ratios(real: RealModel, repeats: int) -> list[dict[str, object]]:
-    """Time the audit of a real-library model against its bare work, each on a fresh model."""
+    """Time the audit of a real-library model against its bare work, each on a fresh model.
+
+    Figures only: issue 12 sets no target for them, so they never fail the run.
+    """
     from pytest_padaudit import audit
 
     options = {"batch_size": BATCH, "seq_len": SEQ, **real.options}
@@ -191,16 +194,16 @@ def real_ratios(real: RealModel, repeats: int) -> list[dict[str, object]]:
             "figure": f"{real.name}: audit(grad) / bare forward+backward",
             "value": grad / fb,
             "unit": "x",
-            "target": "<= 1.2x",
-            "ok": grad / fb <= 1.2,
+            "target": "info (1.2x on the pools)",
+            "ok": None,
             "detail": f"{grad * 1e3:.1f} / {fb * 1e3:.1f} ms",
         },
         {
             "figure": f"{real.name}: default audit / bare train step",
             "value": full / step,
             "unit": "x",
-            "target": "<= 2.5x",
-            "ok": full / step <= 2.5,
+            "target": "info (2.5x on the encoders)",
+            "ok": None,
             "detail": f"{full * 1e3:.1f} / {step * 1e3:.1f} ms",
         },
     ]
