@@ -34,7 +34,8 @@ from .keras_calls import (
     tf_variable,
     to_numpy,
 )
-from .keras_feed import PAD_HINT, dict_inputs, feed
+from .keras_feed import dict_inputs, feed
+from .keras_hub_hints import pad_hint
 from .keras_lookups import SeenIds, TableCalls
 from .keras_noise import noise_at_pads
 from .keras_optim import PadRowStepper, elementwise
@@ -122,7 +123,7 @@ class KerasHandle:
             raise PadAuditError(
                 f"no pad id is known for the embedding tables of {self.model_class} "
                 f"({', '.join(t.path for t in tables)}), which has no preprocessor to take it "
-                f"from: pass pad_idx= the id your data pads with ({PAD_HINT})"
+                f"from: pass pad_idx= the id your data pads with ({pad_hint(self.model)})"
             )
         self._audited = [t for t in tables if t.pad_idx is not None]
         return tables
