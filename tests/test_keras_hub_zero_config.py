@@ -172,3 +172,77 @@ def test_task_with_a_preprocessor_is_audited_with_no_options(name, tmp_path):
     assert verdict(report, zoo.name) == expected, (numbers, str(report))
     assert report.passed == (not expected["grad"] and expected["invariance"] == "clean")
     assert not [f for f in report.findings if f.cause == "pad_mismatch"]
+
+
+# -- --padaudit-model with keras-hub factories ------------------------------------------------
+FACTORIES = """
+import pathlib
+import sys
+import tempfile
+
+sys.path.insert(0, {tests!r})
+from test_keras_hub_zero_config import BARE, TASKS
+
+TMP = pathlib.Path(tempfile.gettempdir())
+
+
+def gpt2_lm():
+    return TASKS["GPT2CausalLM"][0](TMP)
+
+
+def bert_classifier():
+    return TASKS["BertTextClassifier"][0](TMP)
+
+
+def bert_backbone():
+    return BARE["BertBackbone"][0](TMP)
+"""
+
+
+def test_padaudit_model_takes_keras_hub_factories(pytester, tmp_path):
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    pytester.makepyfile(khfactories=FACTORIES.format(tests=tests))
+
+    # ground truth (plain TF) for what each item must conclude
+    def clean(build, segments, allow=()):
+        truth, _ = zoo.truth(zoo._entry("t", build, 0, "-", segments), build(tmp_path))
+        tied = truth["tied"] if "tied" not in allow else []
+        return not truth["grad"] and not tied and truth["invariance"] == "clean"
+
+    lm, classifier, bare = (
+        TASKS["GPT2CausalLM"][0],
+        TASKS["BertTextClassifier"][0],
+        BARE["BertBackbone"][0],
+    )
+    expected = [
+        clean(lm, False),
+        clean(lm, False, ("tied",)),
+        clean(classifier, True),
+        False,  # no pad id: the PadAuditError fails the item
+        clean(bare, True),
+    ]
+    assert not expected[0]  # the tied head alone fails the LM
+    specs = [
+        "khfactories:gpt2_lm",  # the tied head: a finding
+        "khfactories:gpt2_lm?allow=('tied',)",
+        "khfactories:bert_classifier",
+        "khfactories:bert_backbone",  # no preprocessor: asks for pad_idx=
+        "khfactories:bert_backbone?pad_idx=0",
+    ]
+    args = [f"--padaudit-model={spec}" for spec in specs]
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *args)
+    summary = result.stdout.str().split("short test summary info")[1].splitlines()
+    for spec, passes in zip(specs, expected, strict=True):
+        lines = [line for line in summary if f"[{spec}]" in line]
+        assert len(lines) == 1, (spec, summary)
+        assert lines[0].startswith("PASSED" if passes else "FAILED"), (spec, lines[0])
+    out = result.stdout.str()
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == sum(expected), out
+    assert outcomes.get("failed", 0) == len(expected) - sum(expected), out
+    assert "[grad] token_embedding (pad id 0)" in out and "cause: tied" in out
+    assert "PadAuditError: no pad id is known for the embedding tables of BertBackbone" in out
+    assert "keras_hub.models.BertTokenizer(vocabulary=...).pad_token_id" in out
+    assert "forward=" not in out.split("short test summary")[0].replace("--padaudit", "")
