@@ -246,3 +246,19 @@ def test_padaudit_model_takes_keras_hub_factories(pytester, tmp_path):
     assert "PadAuditError: no pad id is known for the embedding tables of BertBackbone" in out
     assert "keras_hub.models.BertTokenizer(vocabulary=...).pad_token_id" in out
     assert "forward=" not in out.split("short test summary")[0].replace("--padaudit", "")
+
+
+@pytest.mark.parametrize(("cls", "segments"), [("BertBackbone", True), ("GPT2Backbone", False)])
+def test_a_position_table_longer_than_the_vocabulary_does_not_set_the_batch(
+    cls, segments, tmp_path
+):
+    """max_sequence_length=512 > vocabulary 100: ids come from the token table's rows."""
+    build = zoo._backbone(cls, segments, **dict(zoo.SMALL, num_heads=2))  # 512 positions
+    model = build(tmp_path)
+    assert model.get_layer("position_embedding").sequence_length > zoo.VOCAB
+    report = audit(model, pad_idx=0)  # raised "indices ... not in [0, 100)" before
+    assert max(max(row) for row in report.batch["ids"]) < zoo.VOCAB
+    tables = {t.layer: t.skipped for t in report.tables}
+    assert tables["token_embedding"] is None and tables["position_embedding"]
+    expected, numbers = zoo.truth(zoo._entry(cls, build, 0, "pad_idx=", segments), build(tmp_path))
+    assert verdict(report, zoo.name) == expected, (numbers, str(report))

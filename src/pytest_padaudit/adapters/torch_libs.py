@@ -232,9 +232,9 @@ class _Steps:
     plain: OptimizerInfo
     optimizer: torch.optim.Optimizer
 
-    def step(self) -> None:
+    def step(self, closure: Any = None) -> None:
         if self.plain.state is not None:
-            self.plain.state.step()
+            self.plain.state.step(closure)
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
