@@ -120,6 +120,8 @@ class ModelHandle(Protocol):
     engine takes the batch's vocabulary and pad id from it before :meth:`lookups`. A
     third-party handle without ``lookups``, ``head_grads`` or ``reset`` still works: all
     its tables with a pad id count as token tables, and ``grad`` is the whole gradient.
+    Optional too: ``shrinkable = False`` keeps shrink.py from re-running a failed audit on
+    smaller batches (a model whose passes run collectives over a process group).
     """
 
     framework: str

@@ -39,6 +39,12 @@ def attach_smallest(
     targets = [f for f in report.leaks if _depends_on_batch(f)]
     if not targets or not report.batch.get("ids"):
         return
+    if not getattr(handle, "shrinkable", True):  # e.g. a model sharded over a process group
+        report.notes.append(
+            f"the failing batch was not shrunk: {handle.model_class} runs collectives, and "
+            "re-runs that differ between ranks would not line up"
+        )
+        return
     shrinker = Shrinker(handle, opts, targets[0], report.test, rerun)
     try:
         report.smallest = shrinker.run(_batch_of(report))

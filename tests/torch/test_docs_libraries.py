@@ -1,4 +1,4 @@
-"""Run the sentence-transformers, PEFT, DDP and FSDP2 snippets of docs/real-models.md."""
+"""Run the library snippets of docs/real-models.md (sentence-transformers ... tf-keras)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("peft")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "real-models.md"
-SECTION = "## sentence-transformers, PEFT, DDP and FSDP2"
+SECTION = "## sentence-transformers, PEFT, DDP, FSDP2, keras-hub and tf-keras"
 
 
 def snippets() -> list[str]:
@@ -35,7 +35,7 @@ def run_snippet(index: int) -> dict:
 
 
 def test_the_section_has_one_snippet_per_library():
-    assert len(snippets()) == 3
+    assert len(snippets()) == 5
 
 
 def test_sentence_transformers_snippet(tmp_path):
@@ -76,3 +76,43 @@ def test_ddp_fsdp2_snippet():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def test_keras_hub_snippet(tmp_path):
+    pytest.importorskip("keras_hub")
+    from test_keras_hub_zero_config import TASKS, WORDS, gpt2_tokenizer
+
+    from pytest_padaudit import audit
+
+    import zoo_keras_hub as zoo
+
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    run_snippet(3)["test_keras_hub"](vocabulary, gpt2_tokenizer())
+    # the snippet's asserts could fail: plain TF finds the unmasked loss leaking in the
+    # backbone, and the tied head in the LM
+    bare = zoo._backbone("BertBackbone", True, **dict(zoo.SMALL, num_heads=2))
+    truth, _ = zoo.truth(zoo._entry("b", bare, 0, "-", True), bare(tmp_path))
+    assert truth["grad"] and not audit(bare(tmp_path), pad_idx=0).passed
+    lm = TASKS["GPT2CausalLM"][0]
+    truth, _ = zoo.truth(zoo._entry("lm", lm, 0, "-"), lm(tmp_path))
+    assert truth["tied"] and not audit(lm(tmp_path), loss="masked").passed
+
+
+def test_tf_keras_snippet():
+    tf = pytest.importorskip("tensorflow")
+    tf_keras = pytest.importorskip("tf_keras")
+    from keras_truth import batch_of, pad_row_grad
+    from pytest_padaudit import audit
+
+    namespace = run_snippet(4)
+    namespace["test_tf_keras"]()
+    ids = tf_keras.Input((None,), dtype="int32")
+    x = tf_keras.layers.Embedding(1000, 16, mask_zero=True, name="tok")(ids)
+    for dense, leaks in ((namespace["MaskedDense"], False), (tf_keras.layers.Dense, True)):
+        model = tf_keras.Model(ids, dense(1)(x))
+        report = audit(model)
+        batch, _ = batch_of(report)
+        table = model.get_layer("tok").embeddings
+        truth = pad_row_grad(lambda m=model, b=batch: m(tf.constant(b)), table, 0, None)
+        assert (truth > 0) == leaks == (not report.passed)
+        assert all("tf.cast(mask" in f.fix for f in report.findings if f.check == "grad")

@@ -14,9 +14,23 @@ if TYPE_CHECKING:
     from .handle import KerasHandle
 
 _APPLY_MASK = "def call(self, inputs, mask=None): inputs * ops.cast(mask, inputs.dtype)[..., None]"
+_APPLY_MASK_TF = (
+    "def call(self, inputs, mask=None): inputs * tf.cast(mask, inputs.dtype)[..., None]"
+)
 
 
-def _zero_row(t: Table) -> str:
+def _legacy(handle: KerasHandle) -> bool:
+    """Return True for tf_keras (Keras 2): its fixes are written with ``tf``, not ``ops``."""
+    return getattr(handle, "framework", "keras") == "tf_keras"
+
+
+def _apply_mask(handle: KerasHandle) -> str:
+    return _APPLY_MASK_TF if _legacy(handle) else _APPLY_MASK
+
+
+def _zero_row(t: Table, handle: KerasHandle | None = None) -> str:
+    if handle is not None and _legacy(handle):
+        return f"layer.embeddings[{t.pad_idx}].assign(tf.zeros({t.dim}))"
     return (
         f"layer.embeddings.assign(ops.slice_update(layer.embeddings, ({t.pad_idx}, 0), "
         f"ops.zeros((1, {t.dim}))))"
@@ -63,16 +77,16 @@ def _unmasked_words(handle: KerasHandle, t: Table, options: AuditOptions) -> tup
     if flow.output_masked and options.loss != "masked":
         fix = (
             'audit with loss="masked" (it mirrors model.fit, which weights the loss by the '
-            f"output's mask), or apply the mask in the layer: {_APPLY_MASK}"
+            f"output's mask), or apply the mask in the layer: {_apply_mask(handle)}"
         )
     elif flow.unsupported or flow.drops:
         first = (flow.unsupported or flow.drops)[0]
         fix = (
             f"replace {first[1]} {first[0]!r} by a masking-aware layer (GlobalAveragePooling1D, "
-            f"an RNN, a masked pooling) or apply the mask before it: {_APPLY_MASK}"
+            f"an RNN, a masked pooling) or apply the mask before it: {_apply_mask(handle)}"
         )
     else:
-        fix = f"apply the mask before pad positions mix with real ones: {_APPLY_MASK}"
+        fix = f"apply the mask before pad positions mix with real ones: {_apply_mask(handle)}"
     return "unmasked", why, fix
 
 
@@ -201,14 +215,14 @@ def _optimizer_words(
             "row's gradient is zero",
             "exclude the table from decay: optimizer.exclude_from_weight_decay("
             "var_names=['embeddings']) before the first step, or zero the pad row once "
-            f"({_zero_row(t)}; a zero row stays zero)",
+            f"({_zero_row(t, handle)}; a zero row stays zero)",
         )
     if constraint is not None:
         return (
             "max_norm",
             f"embeddings_constraint={type(constraint).__name__} is applied to every row after "
             "each optimizer step, and this pad row is not zero",
-            f"zero the pad row once ({_zero_row(t)}) or drop the constraint",
+            f"zero the pad row once ({_zero_row(t, handle)}) or drop the constraint",
         )
     return words.stateful(info.name)
 
@@ -231,6 +245,15 @@ def _invariance_words(
     elif isinstance(layer, layers.BatchNormalization):
         why = words.BATCH_STATISTICS
         fix = "normalise over real positions only, or use LayerNormalization"
+    elif _legacy(handle):
+        why = (
+            "a pooling or mixing step treats pad positions as data (an unmasked "
+            "tf.reduce_mean or sum over the sequence, a Lambda, a layer that drops the mask)"
+        )
+        fix = (
+            "use GlobalAveragePooling1D fed by a masked input, or mask it: m = tf.cast(mask, "
+            "x.dtype)[..., None]; tf.reduce_sum(x * m, 1) / tf.reduce_sum(m, 1)"
+        )
     else:
         why = (
             "a pooling or mixing step treats pad positions as data (an unmasked ops.mean or "
@@ -248,7 +271,8 @@ _EXPLAIN: dict[str, Callable[[KerasHandle, Any, AuditOptions, Any], tuple[str, s
     "nonfinite": lambda h, t, o, i: (
         "nonfinite",
         words.NONFINITE,
-        "guard the pad positions (ops.divide_no_nan, mask before log) and rerun with the seed",
+        f"guard the pad positions ({'tf.math' if _legacy(h) else 'ops'}.divide_no_nan, mask "
+        "before log) and rerun with the seed",
     ),
     "forward": lambda h, t, o, i: (
         "forward",

@@ -32,7 +32,8 @@ from .calls import (
     tf_variable,
     to_numpy,
 )
-from .feed import PAD_HINT, dict_inputs, feed
+from .feed import backbone_token_table, dict_inputs, feed
+from .hub_hints import pad_hint
 from .lookups import SeenIds, TableCalls
 from .noise import noise_at_pads
 from .optim import PadRowStepper, elementwise
@@ -110,7 +111,7 @@ class KerasHandle:
             raise PadAuditError(
                 f"no pad id is known for the embedding tables of {self.model_class} "
                 f"({', '.join(t.path for t in tables)}), which has no preprocessor to take it "
-                f"from: pass pad_idx= the id your data pads with ({PAD_HINT})"
+                f"from: pass pad_idx= the id your data pads with ({pad_hint(self.model)})"
             )
         self._audited = [t for t in tables if t.pad_idx is not None]
         return tables
@@ -132,6 +133,15 @@ class KerasHandle:
 
     def default_vocab_size(self) -> int | None:
         return None
+
+    def input_table(self) -> str | None:
+        """Return the path of a keras-hub model's token table: the batch draws its ids there.
+
+        Without it the largest table is guessed, and a position table longer than the
+        vocabulary (max_sequence_length=512, vocabulary 100) gives ids the lookup refuses.
+        """
+        layer = backbone_token_table(self.model)
+        return next((p for p, found in self._layers.items() if found is layer), None)
 
     # -- state -----------------------------------------------------------------------
     @contextmanager

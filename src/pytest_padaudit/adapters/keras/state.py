@@ -135,8 +135,8 @@ def _fresh_copy(optimizer: Any) -> Any:
 def build_optimizer(keras: Any, spec: Any) -> Any:
     hint = (
         "pass optimizer= a Keras optimizer instance (its class and config are copied, never "
-        "its state), a factory such as lambda: keras.optimizers.AdamW(1e-3), an optimizer "
-        "class, or a name such as 'adamw'"
+        f"its state), a factory such as lambda: {keras.__name__}.optimizers.AdamW(1e-3), an "
+        "optimizer class, or a name such as 'adamw'"
     )
     try:
         if spec is None:

@@ -76,6 +76,9 @@ def _need_group(model: object) -> None:
 class DDPHandle(TorchHandle):
     """Audit through ``DistributedDataParallel``: its reducer runs on every backward."""
 
+    #: shrink.py re-runs audits on smaller batches; ranks could disagree on which.
+    shrinkable = False
+
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         super().__init__(model, options)
         inner = type(model.module).__qualname__
@@ -91,6 +94,9 @@ class DDPHandle(TorchHandle):
 
 class FSDPHandle(TorchHandle):
     """Audit an FSDP2 (``fully_shard``) model by the shard that holds each pad row."""
+
+    #: shrink.py re-runs audits on smaller batches; ranks could disagree on which.
+    shrinkable = False
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         super().__init__(model, options)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -233,9 +233,9 @@ class _Steps:
     plain: OptimizerInfo
     optimizer: torch.optim.Optimizer
 
-    def step(self) -> None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:
         if self.plain.state is not None:
-            self.plain.state.step()
+            self.plain.state.step(closure)
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
