@@ -6,7 +6,7 @@
 
 Each sample in README.md follows a marker line ``<!-- sample: NAME -->`` and is the
 fenced block right after it. The samples come from running the README's demo command,
-``pytest examples --padaudit-report``, in an 80-column terminal. tests/test_examples.py
+``pytest examples --padaudit-report``, in an 80-column terminal. tests/plugin/test_examples.py
 runs the demo once and fails when a README sample differs from that run.
 """
 

@@ -182,7 +182,7 @@ import pathlib
 import sys
 import tempfile
 
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {tests!r}  # this folder, and tests/ for the shared helpers
 from test_keras_hub_zero_config import BARE, TASKS
 
 TMP = pathlib.Path(tempfile.gettempdir())
@@ -204,7 +204,8 @@ def bert_backbone():
 def test_padaudit_model_takes_keras_hub_factories(pytester, tmp_path):
     from pathlib import Path
 
-    tests = str(Path(__file__).resolve().parents[1])
+    here = Path(__file__).resolve().parent
+    tests = [str(here), str(here.parent)]
     pytester.makepyfile(khfactories=FACTORIES.format(tests=tests))
 
     # ground truth (plain TF) for what each item must conclude

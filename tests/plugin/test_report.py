@@ -330,9 +330,7 @@ def test_json_hook_is_a_pytest_hook_a_conftest_implements_natively(
     result = demo.runpytest("--padaudit-report=json")
     result.assert_outcomes(passed=3, failed=1)
     data = json.loads((demo.path / render_default("json")).read_text())
-    assert data["order"] == ["pytest", "padaudit"]
-    hooks = demo.parseconfig().pluginmanager.hook
-    assert hooks.pytest_padaudit_report_json.spec is not None  # declared, so checked by name
+    assert data["order"] == ["pytest", "padaudit"]  # the pytest hook first, then padaudit's
 
 
 def test_result_hook_in_conftest_collects_and_vetoes(demo: pytest.Pytester) -> None:

@@ -305,7 +305,7 @@ import os
 import pathlib
 import sys
 
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {tests!r}  # this folder, and tests/ for the shared helpers
 from test_libraries_torch import save_bert, sentence_transformer
 
 DIR = pathlib.Path(os.environ["ST_MODEL_DIR"])
@@ -323,7 +323,8 @@ def leaky():
 def test_padaudit_model_takes_a_sentence_transformer_factory(pytester, tmp_path, monkeypatch):
     from pathlib import Path
 
-    tests = str(Path(__file__).resolve().parents[1])
+    here = Path(__file__).resolve().parent
+    tests = [str(here), str(here.parent)]
     pytester.makepyfile(stfactories=FACTORIES.format(tests=tests))
     (tmp_path / "clean").mkdir()
     (tmp_path / "leaky").mkdir()
