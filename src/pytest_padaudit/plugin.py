@@ -17,8 +17,6 @@ from .errors import PadAuditError, PadLeakError
 if TYPE_CHECKING:
     from .result import AuditReport
 
-#: ``--padaudit-report``: the reports after the run, and audits carried in test reports.
-pytest_plugins = ["pytest_padaudit.reporting"]
 MARKER = "padaudit"
 
 
@@ -161,12 +159,18 @@ def _read(s: Setting, raw: Any, source: str) -> Any:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    """Declare ``padaudit_report_json`` as a pytest hook; bridge padaudit's own hooks."""
-    from . import newhooks
+    """Declare ``padaudit_report_json`` as a pytest hook; bridge padaudit's own hooks.
+
+    Also register ``--padaudit-report`` (reporting.py) here: a ``pytest_plugins`` list
+    would make pytest scan every installed distribution's entry points once more.
+    """
+    from . import newhooks, reporting
     from .hooks import Bridge
 
     pluginmanager.add_hookspecs(newhooks)
     pluginmanager.register(Bridge(), "padaudit-bridge")
+    if not pluginmanager.is_registered(reporting):
+        pluginmanager.register(reporting, "pytest_padaudit.reporting")
 
 
 def _marker_options(item: pytest.Item) -> dict[str, Any]:
