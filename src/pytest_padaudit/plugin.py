@@ -13,6 +13,7 @@ import pytest
 
 from . import zerocode
 from .errors import PadAuditError, PadLeakError
+from .reporting import REPORTS
 
 if TYPE_CHECKING:
     from .result import AuditReport
@@ -72,7 +73,6 @@ ITEM_OPTIONS = pytest.StashKey[dict[str, Any]]()
 ITEM_MODELS = pytest.StashKey["str | list[str] | tuple[str, ...] | None"]()
 #: the item uses the ``padaudit`` fixture but carries no marker of its own.
 IMPLICIT = pytest.StashKey[bool]()
-REPORTS = pytest.StashKey[list["AuditReport"]]()
 CALLED = pytest.StashKey[bool]()
 MODELS = pytest.StashKey[list[tuple[str, object]]]()
 
@@ -164,7 +164,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     Also register ``--padaudit-report`` (reporting.py) here: a ``pytest_plugins`` list
     would make pytest scan every installed distribution's entry points once more.
     """
-    from . import newhooks, reporting
+    from . import newhooks, reporting  # reporting: --padaudit-report
     from .hooks import Bridge
 
     pluginmanager.add_hookspecs(newhooks)

@@ -12,13 +12,17 @@ import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import __version__
-from .plugin import REPORTS
 
+if TYPE_CHECKING:
+    from .result import AuditReport
+
+#: the audits an item ran (the plugin appends; the report hooks read).
+REPORTS = pytest.StashKey[list["AuditReport"]]()
 #: the TestReport attribute that holds the audits run since the previous report.
 ATTR = "padaudit_audits"
 SECTION = "padaudit reproduction"

@@ -1,4 +1,4 @@
-"""Run the library snippets of docs/real-models.md (sentence-transformers ... tf-keras)."""
+"""Run the README's library snippets (Real models: sentence-transformers ... tf-keras)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("peft")
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "real-models.md"
-SECTION = "## sentence-transformers, PEFT, DDP, FSDP2, keras-hub and tf-keras"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
+SECTION = "### sentence-transformers, PEFT, DDP, FSDP2, keras-hub and tf-keras"
 
 
 def snippets() -> list[str]:
