@@ -1,4 +1,4 @@
-"""Keras adapter, as a light hook object: TensorFlow loads only when a model can be a layer.
+"""Keras adapter, as a light hook object: the backend loads only when a model can be a layer.
 
 Roles, as in every framework subpackage: ``handle`` (the layer/model handle), ``tables``
 (finding tables), ``state`` (snapshots, RNG, training flags), ``optim`` (optimizers and the
@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ...errors import PadAuditError
 from ...hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -20,11 +19,11 @@ if TYPE_CHECKING:
     from ...options import AuditOptions
 
 #: Modules one of which is imported whenever a Keras model exists.
-KERAS_MODULES = ("keras", "tf_keras", "tensorflow")
+KERAS_MODULES = ("keras", "tf_keras")
 
 
 class KerasAdapter:
-    """Audit Keras 3 (TensorFlow backend) and ``tf_keras`` models and layers."""
+    """Audit Keras 3 (TensorFlow, JAX or torch backend) and ``tf_keras`` models and layers."""
 
     @hookimpl
     def padaudit_adapt(self, model: object, options: AuditOptions) -> ModelHandle | None:
@@ -33,14 +32,6 @@ class KerasAdapter:
         flavour = keras_flavour(model)
         if flavour is None:
             return None
-        if flavour == "keras":
-            backend = sys.modules["keras"].config.backend()
-            if backend != "tensorflow":
-                raise PadAuditError(
-                    f"{type(model).__qualname__} is a Keras model on the {backend!r} backend: "
-                    "padaudit audits Keras on TensorFlow only: set KERAS_BACKEND=tensorflow "
-                    "(with tensorflow installed) before keras is imported, e.g. in conftest.py"
-                )
         from .handle import KerasHandle
 
         return KerasHandle(model, options, sys.modules[flavour])

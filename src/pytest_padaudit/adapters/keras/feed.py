@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
+import numpy as np
 
 from ...errors import PadAuditError
+from .backends.base import Backend
 
 #: input names, by role: the token ids, the padding mask (True at real tokens), segments.
 _IDS = ("token_ids", "input_ids", "ids", "tokens", "input_word_ids")
@@ -48,8 +49,12 @@ def dict_inputs(model: Any) -> dict[str, tuple[str, Any]] | None:
 
 
 def feed(
-    model_class: str, roles: dict[str, tuple[str, Any]], ids: tf.Tensor, mask: tf.Tensor
-) -> dict[str, tf.Tensor]:
+    backend: Backend,
+    model_class: str,
+    roles: dict[str, tuple[str, Any]],
+    ids: np.ndarray,
+    mask: np.ndarray,
+) -> dict[str, Any]:
     """Return the dict of inputs for ``roles``; raise for inputs the audit cannot fill."""
     unknown = [name for name, (role, _) in roles.items() if role == "unknown"]
     if unknown or not any(role == "ids" for role, _ in roles.values()):
@@ -62,8 +67,9 @@ def feed(
         )
     out = {}
     for name, (role, dtype) in roles.items():
-        value = ids if role == "ids" else mask if role == "mask" else tf.zeros_like(ids)
-        out[name] = tf.cast(value, str(getattr(dtype, "name", dtype)))
+        value = ids if role == "ids" else mask if role == "mask" else np.zeros_like(ids)
+        kind = str(getattr(dtype, "name", dtype))
+        out[name] = backend.constant(np.asarray(value).astype(kind), kind)
     return out
 
 

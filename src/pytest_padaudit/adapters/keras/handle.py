@@ -1,6 +1,7 @@
-"""Keras adapter: Embedding tables, GradientTape passes, Keras optimizers, device snapshots.
+"""Keras adapter: Embedding tables, differentiated passes, Keras optimizers, snapshots.
 
-Keras 3 on the TensorFlow backend, and ``tf_keras`` (Keras 2) by duck typing.
+Keras 3 on the TensorFlow, JAX and torch backends, and ``tf_keras`` (Keras 2) by duck
+typing. What differs by backend is behind :class:`~.backends.base.Backend`.
 """
 
 from __future__ import annotations
@@ -14,30 +15,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from ...batch import LossPlan, PadBatch
 from ...errors import PadAuditError
 from ...handle import ROOT, OptimizerInfo, Table, Trace
 from ...options import AuditOptions
 from . import explain as keras_words
-from .calls import (
-    dense,
-    floating_tensors,
-    keras_mask,
-    named_layers,
-    pad_row,
-    recorded_calls,
-    select_rows,
-    tf_variable,
-    to_numpy,
-)
+from .backends import backend_for
+from .calls import floating_tensors, keras_mask, named_layers, recorded_calls
 from .feed import backbone_token_table, dict_inputs, feed
 from .hub_hints import pad_hint
 from .lookups import SeenIds, TableCalls
 from .noise import noise_at_pads
 from .optim import PadRowStepper, elementwise
-from .state import build_optimizer, rng_guard, saved_losses, training_scope
+from .state import build_optimizer, saved_losses, training_scope
 from .tables import (
     base_variable,
     constraint,
@@ -64,9 +55,9 @@ class KerasBatch:
     ``training`` is the mode of the pass: call ``model(batch.ids, training=batch.training)``.
     """
 
-    ids: tf.Tensor
-    mask: tf.Tensor
-    lengths: tf.Tensor
+    ids: Any
+    mask: Any
+    lengths: Any
     pad_idx: int
     padding_side: str
     numpy: PadBatch
@@ -82,6 +73,7 @@ class KerasHandle:
         self.keras = keras
         self.framework = keras.__name__
         self.model_class = type(model).__qualname__
+        self.backend = backend_for(self.framework, keras, self.model_class)
         self.named = named_layers(model)
         self._layers: dict[str, Any] = {}
         self._grads: list[tuple[Any, Any]] = []
@@ -117,7 +109,7 @@ class KerasHandle:
         return tables
 
     def _row_tables(self) -> list[tuple[str, Any, int]]:
-        """Return (path, tf.Variable, pad) of audited tables whose rows move one by one.
+        """Return (path, variable, pad) of audited tables whose rows move one by one.
 
         Their pad rows are stepped as copies and the tables never written; LoRA tables (rows
         share their factors) and constrained ones (a constraint may rescale every row) are
@@ -128,7 +120,7 @@ class KerasHandle:
             layer = self._layers[t.path]
             if getattr(layer, "lora_enabled", False) or constraint(layer):
                 continue
-            rows.append((t.path, tf_variable(base_variable(layer)), t.pad_idx))
+            rows.append((t.path, self.backend.raw(base_variable(layer)), t.pad_idx))
         return rows
 
     def default_vocab_size(self) -> int | None:
@@ -151,13 +143,14 @@ class KerasHandle:
         Tables whose rows move one by one are never written (see keras_optim), so no
         O(vocab) copy is made unless an optimizer that is not element-wise steps them.
         """
-        variables = _unique([tf_variable(v) for v in self.model.variables])
+        backend = self.backend
+        variables = _unique([backend.raw(v) for v in self.model.variables])
         skip = {id(table) for _, table, _ in self._row_tables()}
-        self._saved = [(v, tf.identity(v)) for v in variables if id(v) not in skip]
+        self._saved = [(v, backend.snapshot(v)) for v in variables if id(v) not in skip]
         losses = saved_losses([self.model] + [layer for _, layer in self.named])
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
-            with rng_guard(seed, self.framework), warnings.catch_warnings():
+            with backend.rng_guard(seed, self.framework), warnings.catch_warnings():
                 for pattern in _QUIET:
                     warnings.filterwarnings("ignore", message=pattern)
                 yield
@@ -165,7 +158,7 @@ class KerasHandle:
             self._grads = []
             self._stepper = None
             for var, value in self._saved:
-                var.assign(value)
+                backend.assign(var, value)
             self._saved = []
             _restore_losses(losses)
             np.random.set_state(np_state)
@@ -174,7 +167,7 @@ class KerasHandle:
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         stepped = {t.path: self._stepper.row(t.path) for t in tables} if self._stepper else {}
         return {
-            t.path: effective_row(self._layers[t.path], t.pad_idx)
+            t.path: effective_row(self.backend, self._layers[t.path], t.pad_idx)
             if stepped.get(t.path) is None
             else stepped[t.path]
             for t in tables
@@ -183,10 +176,11 @@ class KerasHandle:
     # -- passes ----------------------------------------------------------------------
     def tensors(self, batch: PadBatch, *, training: bool) -> KerasBatch:
         """Return ``batch`` as tensors for a pass in ``training`` mode."""
+        constant = self.backend.constant
         return KerasBatch(
-            ids=tf.constant(batch.ids, tf.int32),
-            mask=tf.constant(batch.mask, tf.bool),
-            lengths=tf.constant(batch.lengths, tf.int32),
+            ids=constant(batch.ids.astype(np.int32), "int32"),
+            mask=constant(batch.mask.astype(bool), "bool"),
+            lengths=constant(np.asarray(batch.lengths, np.int32), "int32"),
             pad_idx=batch.pad_idx,
             padding_side=batch.padding_side,
             numpy=batch,
@@ -198,7 +192,8 @@ class KerasHandle:
         forward = self.options.forward
         try:
             if forward is None and self._feed is not None:
-                inputs = feed(self.model_class, self._feed, kb.ids, kb.mask)
+                numpy = kb.numpy
+                inputs = feed(self.backend, self.model_class, self._feed, numpy.ids, numpy.mask)
                 return self.model(inputs, training=kb.training)
             if forward is None:
                 return self.model(kb.ids, training=kb.training)
@@ -240,18 +235,19 @@ class KerasHandle:
             message += "\n  If the model needs a fixed sequence length, pass seq_len= that length"
         return message
 
-    def loss(self, output: Any, kb: KerasBatch, plan: LossPlan) -> tf.Tensor:
+    def loss(self, output: Any, kb: KerasBatch, plan: LossPlan) -> Any:
         """Return the seeded scalar loss over the outputs (or the ``loss=`` callable's)."""
+        backend = self.backend
         custom = self.options.loss
         if callable(custom):
             value = custom(output, kb)
-            if not tf.is_tensor(value) or value.shape.num_elements() != 1:
+            if not backend.is_tensor(value) or backend.size(value) != 1:
                 raise PadAuditError(
                     f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
                     "that returns a scalar tensor"
                 )
-            return tf.reshape(tf.cast(value, tf.float32), ())
-        tensors = list(floating_tensors(output))
+            return backend.scalar(value)
+        tensors = list(floating_tensors(output, backend))
         if not tensors:
             raise PadAuditError(
                 f"the output of {self.model_class} ({type(output).__name__}) holds no "
@@ -261,15 +257,16 @@ class KerasHandle:
                 "step, e.g. forward=lambda model, batch: model.scores(batch.ids) where "
                 "scores() is your forward() without its final argmax"
             )
-        total = tf.zeros((), tf.float32)
+        total = None
         for index, tensor in enumerate(tensors):
             mask = keras_mask(tensor)
             if mask is not None and tuple(mask.shape) == kb.numpy.shape:
-                mask = mask.numpy()
+                mask = backend.values(mask)
             else:
                 mask = None
             weights = plan.weights(index, tuple(tensor.shape), mask=mask)
-            total += tf.reduce_sum(tf.cast(tensor, tf.float32) * weights)
+            term = backend.weighted_sum(tensor, weights)
+            total = term if total is None else total + term
         return total
 
     def _require_trainable(self) -> list[Any]:
@@ -283,10 +280,10 @@ class KerasHandle:
 
     def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
         """Run one inference pass; return the distinct ids each table looked up."""
-        seen = SeenIds(list(self._layers))
+        seen = SeenIds(self.backend, list(self._layers))
         losses = saved_losses([self.model] + [layer for _, layer in self.named])
         try:
-            with recorded_calls(list(self._layers.items()), seen.record):
+            with self.backend.no_grad(), recorded_calls(list(self._layers.items()), seen.record):
                 self.forward(self.tensors(batch, training=False))
         finally:
             _restore_losses(losses)
@@ -303,27 +300,34 @@ class KerasHandle:
         self.last_batch = batch
         kb = self.tensors(batch, training=True)
         targets = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
-        calls = TableCalls()
-        with tf.GradientTape() as tape:
-            with recorded_calls([(t.path, self._layers[t.path]) for t in tables], calls.record):
+        layers = [(t.path, self._layers[t.path]) for t in tables]
+        recorded: list[TableCalls] = []
+
+        def run(tap: Any) -> tuple[Any, list[Any]]:
+            calls = TableCalls(self.backend, tap)
+            recorded[:] = [calls]
+            with recorded_calls(layers, calls.record):
                 output = self.forward(kb)
-            total = self.loss(output, kb, plan)
-        grads = tape.gradient(total, [*targets, *calls.outputs()])
-        if callable(self.options.loss) and all(g is None for g in grads):
+            return self.loss(output, kb, plan), calls.tensors()
+
+        done = self.backend.gradients(run, targets, taps=True)
+        if callable(self.options.loss) and not any(
+            map(self.backend.connected, done.grads + done.taps)
+        ):
             raise PadAuditError(
                 "the loss= callable's result does not depend on the embedding tables, so no "
                 "gradient can reach a pad row: pass loss=callable(output, batch) that computes "
                 "a scalar from the output"
             )
-        by_var = dict(zip(map(id, targets), grads[: len(targets)], strict=True))
+        by_var = dict(zip(map(id, targets), done.grads, strict=True))
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
         pads = {t.path: t.pad_idx for t in tables}
-        through, self._heads = calls.pad_rows(grads[len(targets) :], pads)
+        through, self._heads = recorded[0].pad_rows(done.taps, done.aux, pads)
         result: dict[str, np.ndarray | None] = {}
         for t in tables:
             layer = self._layers[t.path]
             base = base_variable(layer)
-            own = pad_row(by_var.get(id(base)), t.pad_idx) if id(base) in by_var else None
+            own = self.backend.pad_row(by_var.get(id(base)), t.pad_idx)
             lookup = through.get(t.path)
             direct = getattr(layer, "lora_enabled", False) or t.path in self._heads
             if direct and lookup is None and own is not None:
@@ -353,11 +357,11 @@ class KerasHandle:
         wanted = {t.path for t in tables}
         light = [row for row in self._row_tables() if row[0] in wanted]
         if elementwise(self.keras, optimizer) and len(light) == len(tables):
-            self._stepper = PadRowStepper(self.keras, optimizer, light)
+            self._stepper = PadRowStepper(self.backend, self.keras, optimizer, light)
             return OptimizerInfo(name, decay, self._stepper, origin)
         saved = {id(v) for v, _ in self._saved}  # it steps the real tables: save them whole
         self._saved += [
-            (table, tf.identity(table))
+            (table, self.backend.snapshot(table))
             for _, table, _ in self._row_tables()
             if id(table) not in saved
         ]
@@ -366,13 +370,14 @@ class KerasHandle:
     def step(self, optimizer: OptimizerInfo) -> None:
         if isinstance(optimizer.state, PadRowStepper):
             optimizer.state.step(self._pad_grads)
-        elif optimizer.state is not None and self._grads:  # dense: no scatter into tables
-            optimizer.state.apply_gradients([(tf.convert_to_tensor(g), v) for g, v in self._grads])
+        elif optimizer.state is not None and self._grads:
+            pairs = [(self.backend.for_optimizer(g), v) for g, v in self._grads]
+            optimizer.state.apply_gradients(pairs)
 
     def reset(self) -> None:
         """Put the variables back as preserve() found them; drop stepped rows and grads."""
         for var, value in self._saved:
-            var.assign(value)
+            self.backend.assign(var, value)
         self._grads = []
         self._stepper = None
 
@@ -389,19 +394,24 @@ class KerasHandle:
         """
         variables = self._require_trainable()
         kb = self.tensors(batch, training=False)
-        with tf.GradientTape() as tape:
-            with noise_at_pads(self._layers, tables, perturb):
+        backend = self.backend
+
+        def run(tap: Any) -> tuple[Any, list[Any]]:
+            with noise_at_pads(backend, self._layers, tables, perturb):
                 output = self.forward(kb)
-            total = self.loss(output, kb, plan)
-        grads = tape.gradient(total, variables)
+            return self.loss(output, kb, plan), list(floating_tensors(output, backend))
+
+        done = backend.gradients(run, variables)
         reach = self._reachable_rows(batch, tables)
         result = {}
-        for name, var, grad in zip(_names(variables), variables, grads, strict=True):
+        for name, var, grad in zip(_names(variables), variables, done.grads, strict=True):
             if grad is None:
                 continue
             rows = reach.get(id(var))
-            result[name] = select_rows(grad, rows) if rows is not None else dense(grad)
-        return result, [to_numpy(t) for t in floating_tensors(output)]
+            result[name] = (
+                backend.select_rows(grad, rows) if rows is not None else backend.dense(grad)
+            )
+        return result, [backend.to_numpy(t) for t in done.aux]
 
     def _reachable_rows(self, batch: PadBatch, tables: Sequence[Table]) -> dict[int, np.ndarray]:
         """Map each audited table's variables to the rows the invariance check compares."""
@@ -417,14 +427,15 @@ class KerasHandle:
         """Record each layer's full floating inputs and outputs (``perturb``: as above)."""
         trace = Trace(owner=self.model_class)
         kb = self.tensors(batch, training=False)
+        backend = self.backend
 
         def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            inputs = [to_numpy(t) for t in floating_tensors([args, kwargs])]
-            outputs = [to_numpy(t) for t in floating_tensors(out)]
+            inputs = [backend.to_numpy(t) for t in floating_tensors([args, kwargs], backend)]
+            outputs = [backend.to_numpy(t) for t in floating_tensors(out, backend)]
             trace.entries.append((path, inputs, outputs))
 
-        noise = noise_at_pads(self._layers, self._audited, perturb)
-        with noise, recorded_calls(self._traced_layers(), record):
+        noise = noise_at_pads(backend, self._layers, self._audited, perturb)
+        with backend.no_grad(), noise, recorded_calls(self._traced_layers(), record):
             self.forward(kb)
         return trace
 

@@ -12,67 +12,81 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from .calls import to_numpy
+from .backends.base import Backend, Tap
 from .tables import head_row, is_reverse_call, lookup_ids
 
 
 class TableCalls:
-    """Record the lookups and the tied-head calls of tables during one pass."""
+    """Record the lookups and the tied-head calls of tables during one differentiated pass.
 
-    def __init__(self) -> None:
-        #: (path, ids, output) per lookup call.
-        self.lookups: list[tuple[str, Any, Any]] = []
-        #: (path, layer, hidden states, logits) per reverse call of a tied table.
-        self.heads: list[tuple[str, Any, Any, Any]] = []
+    Each recorded output goes through ``tap``, so that the pass returns its gradient.
+    """
 
-    def record(self, path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        """Keep one table call (a ``keras_calls.Recorder``)."""
-        if not tf.is_tensor(out):
-            return
+    def __init__(self, backend: Backend, tap: Tap) -> None:
+        self.backend = backend
+        self.tap = tap
+        #: (path, layer, tensors) per call in tap order: a lookup keeps (ids,), a tied
+        #: head (hidden states, logits).
+        self.calls: list[tuple[str, Any, tuple[Any, ...]]] = []
+
+    def record(self, path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+        """Keep one table call and return its tapped output (a ``calls.Recorder``)."""
+        if not self.backend.is_floating(out):
+            return None
         if is_reverse_call(args, kwargs):
-            if getattr(layer, "tie_weights", False) and args:
-                self.heads.append((path, layer, args[0], out))
-            return
-        ids = lookup_ids(layer, args, kwargs)
-        if ids is not None:
-            self.lookups.append((path, ids, out))
+            if not (getattr(layer, "tie_weights", False) and args):
+                return None
+            out = self.tap(out)
+            self.calls.append((path, layer, (args[0], out)))
+            return out
+        ids = lookup_ids(self.backend, layer, args, kwargs)
+        if ids is None:
+            return None
+        out = self.tap(out)
+        self.calls.append((path, layer, (ids,)))
+        return out
 
-    def outputs(self) -> list[Any]:
-        """Return the call outputs whose gradients :meth:`pad_rows` needs, in order."""
-        return [out for _, _, out in self.lookups] + [out for *_, out in self.heads]
+    def tensors(self) -> list[Any]:
+        """Return the tensors :meth:`pad_rows` reads, to come back from the pass as values."""
+        return [t for _, _, kept in self.calls for t in kept]
 
     def pad_rows(
-        self, grads: list[Any], pads: dict[str, int]
+        self, grads: list[Any], values: list[Any], pads: dict[str, int]
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Return (lookup part, head part) of each table's pad-row gradient.
 
-        ``grads`` are the gradients w.r.t. :meth:`outputs`.
+        ``grads`` are the gradients w.r.t. the tapped outputs, ``values`` the
+        :meth:`tensors` as the pass returned them.
         """
-        split = len(self.lookups)
+        to_numpy = self.backend.to_numpy
+        it = iter(values)
         through: dict[str, np.ndarray] = {}
-        for (path, ids, _), grad in zip(self.lookups, grads[:split], strict=True):
-            if grad is not None:
-                hit = tf.equal(tf.cast(ids, tf.int64), pads[path])
-                _add(through, path, to_numpy(tf.reduce_sum(tf.boolean_mask(grad, hit), axis=0)))
         heads: dict[str, np.ndarray] = {}
-        for (path, layer, hidden, logits), grad in zip(self.heads, grads[split:], strict=True):
-            if grad is not None:
-                _add(heads, path, head_row(layer, hidden, logits, grad, pads[path]))
+        for (path, layer, kept), grad in zip(self.calls, grads, strict=True):
+            found = [next(it) for _ in kept]
+            if grad is None:
+                continue
+            if len(kept) == 1:
+                hit = self.backend.ints(found[0]) == pads[path]
+                _add(through, path, to_numpy(grad)[hit].sum(0))
+            else:
+                hidden, logits = (to_numpy(t) for t in found)
+                _add(heads, path, head_row(layer, hidden, logits, to_numpy(grad), pads[path]))
         return through, heads
 
 
 class SeenIds:
-    """Record the distinct ids each table looks up (a ``keras_calls.Recorder``)."""
+    """Record the distinct ids each table looks up (a ``calls.Recorder``)."""
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, backend: Backend, paths: list[str]) -> None:
+        self.backend = backend
         self.seen: dict[str, list[np.ndarray]] = {path: [] for path in paths}
 
     def record(self, path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        ids = lookup_ids(layer, args, kwargs)
+        ids = lookup_ids(self.backend, layer, args, kwargs)
         if ids is not None:
-            self.seen[path].append(np.unique(np.asarray(tf.cast(ids, tf.int64)).ravel()))
+            self.seen[path].append(np.unique(self.backend.ints(ids).ravel()))
 
     def result(self) -> dict[str, np.ndarray]:
         """Return {path: sorted distinct ids} (empty for a table never looked up)."""

@@ -40,10 +40,10 @@ def mask_flow(handle: KerasHandle) -> MaskFlow:
         received = any(
             v is not None for k, v in kwargs.items() if k == "mask" or k.endswith("_mask")
         ) or (bool(args) and keras_mask(args[0]) is not None)
-        calls.append((path, layer, received, list(floating_tensors(out))))
+        calls.append((path, layer, received, list(floating_tensors(out, handle.backend))))
 
     try:
-        with recorded_calls(handle.named, record):
+        with handle.backend.no_grad(), recorded_calls(handle.named, record):
             output = handle.forward(handle.tensors(batch, training=False))
     except Exception as exc:  # a diagnosis must not hide the finding it explains
         flow.error = f"{type(exc).__name__}: {exc}"
@@ -61,5 +61,6 @@ def mask_flow(handle: KerasHandle) -> MaskFlow:
             flow.passes.append(entry)
         else:
             flow.drops.append(entry)
-    flow.output_masked = any(keras_mask(t) is not None for t in floating_tensors(output))
+    outputs = floating_tensors(output, handle.backend)
+    flow.output_masked = any(keras_mask(t) is not None for t in outputs)
     return flow

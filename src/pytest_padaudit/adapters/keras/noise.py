@@ -3,7 +3,7 @@
 A model that cannot take a wider batch is measured by replacing the vectors its token
 tables emit at pad positions with seeded noise and comparing with the plain pass. The
 Embedding's ``call`` is wrapped (:func:`recorded_calls`), so Keras still attaches its
-mask to the result. Pure TensorFlow ops: it works inside a ``tf.function`` too.
+mask to the result. The noise itself is the backend's (:meth:`Backend.noise`).
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import tensorflow as tf
-
 from ...errors import PadAuditError
 from ...handle import Table
+from .backends.base import Backend
 from .calls import recorded_calls
 
 
 @contextmanager
 def noise_at_pads(
-    layers: Mapping[str, Any], tables: Sequence[Table], seed: int | None
+    backend: Backend, layers: Mapping[str, Any], tables: Sequence[Table], seed: int | None
 ) -> Iterator[None]:
     """Replace each token table's vectors at its pad id with seeded noise of its scale.
 
@@ -37,20 +36,12 @@ def noise_at_pads(
 
     def noise(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> Any:
         ids = args[0] if args else kwargs.get("inputs")
-        if not (tf.is_tensor(ids) and tf.is_tensor(out)):
-            return None
-        if out.shape.rank != ids.shape.rank + 1 or not out.dtype.is_floating:
-            return None
-        at = tf.equal(tf.cast(ids, tf.int64), number[path][1])
-        if tf.executing_eagerly() and not bool(tf.reduce_any(at)):
-            return None
-        calls[path] = calls.get(path, 0) + 1
-        others = tf.cast(tf.boolean_mask(out, tf.logical_not(at)), tf.float32)
-        scale = tf.math.reduce_std(others)
-        scale = tf.where(tf.math.is_finite(scale) & (scale > 0), scale, 1.0)
-        key = [seed % (2**31 - 1), 104729 * (number[path][0] + 1) + calls[path]]
-        values = tf.random.stateless_normal(tf.shape(out), key) * scale
-        return tf.where(at[..., None], tf.cast(values, out.dtype), out)
+        k, pad = number[path]
+        key = (seed % (2**31 - 1), 104729 * (k + 1) + calls.get(path, 0) + 1)
+        replaced = backend.noise(out, ids, pad, key)
+        if replaced is not None:
+            calls[path] = calls.get(path, 0) + 1
+        return replaced
 
     with recorded_calls([(t.path, layers[t.path]) for t in tables], noise):
         yield

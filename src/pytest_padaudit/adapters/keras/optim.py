@@ -4,11 +4,7 @@ Keras' built-in element-wise optimizers (SGD, Adam, AdamW, ...) update each elem
 own gradient and state alone, so stepping a one-row copy of the pad row is what stepping the
 whole table would do to that row: O(dim), not O(vocab), and the table is never written. Any
 other optimizer (Lamb, Adafactor, norm clipping, a subclass) steps the real tables, with dense
-gradients.
-
-Never gather from, scatter into or slice-assign a table variable: TensorFlow then switches the
-variable to copy-on-read, and every later read of it copies the whole table (about 30 ms for
-1M x 64), in the user's training too. Rows are read as slices of a dense read instead.
+gradients. Rows are read through the backend (:meth:`Backend.row_of`).
 """
 
 from __future__ import annotations
@@ -17,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from ...stepping import ELEMENTWISE as STEPPED_ALONE
+from .backends.base import Backend
 
 #: optimizer classes (by name, in keras.optimizers) that update element by element.
 ELEMENTWISE = STEPPED_ALONE["keras"]
@@ -34,11 +30,6 @@ def elementwise(keras: Any, optimizer: Any) -> bool:
     return type(optimizer) in classes and not clipped
 
 
-def row_of(variable: Any, pad: int) -> tf.Tensor:
-    """Return row ``pad`` of a variable, shape (1, dim), by slicing a dense read."""
-    return tf.convert_to_tensor(variable)[pad : pad + 1]
-
-
 class PadRowStepper:
     """Step copies of the tables' pad rows with ``optimizer``; the tables stay untouched.
 
@@ -48,14 +39,21 @@ class PadRowStepper:
 
     full = False
 
-    def __init__(self, keras: Any, optimizer: Any, rows: Sequence[tuple[str, Any, int]]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        keras: Any,
+        optimizer: Any,
+        rows: Sequence[tuple[str, Any, int]],
+    ) -> None:
+        self.backend = backend
         self.optimizer = optimizer
-        self.rows = list(rows)  # (path, the table's tf.Variable, pad id)
-        make = getattr(keras, "Variable", None) or tf.Variable
+        self.rows = list(rows)  # (path, the table's variable, pad id)
         self.proxies = []
         decays = getattr(optimizer, "_use_weight_decay", None)
         for path, table, pad in self.rows:
-            proxy = make(row_of(table, pad), name=f"padaudit_{path.replace('.', '_')}")
+            name = f"padaudit_{path.replace('.', '_')}"
+            proxy = backend.variable(keras, backend.row_of(table, pad), name)
             if callable(decays) and not decays(table):  # keep the user's exclusions
                 optimizer.exclude_from_weight_decay(var_list=[proxy])
             self.proxies.append(proxy)
@@ -66,12 +64,12 @@ class PadRowStepper:
         for (path, _, _), proxy in zip(self.rows, self.proxies, strict=True):
             grad = pad_grads.get(path)
             row = np.zeros(proxy.shape, np.float32) if grad is None else grad[None]
-            pairs.append((tf.constant(row, dtype=proxy.dtype), proxy))
+            pairs.append((self.backend.constant(row, proxy.dtype), proxy))
         self.optimizer.apply_gradients(pairs)
 
     def row(self, path: str) -> np.ndarray | None:
         """Return the stepped pad row of table ``path`` (None: not stepped here)."""
         for (name, _, _), proxy in zip(self.rows, self.proxies, strict=True):
             if name == path:
-                return np.asarray(tf.convert_to_tensor(proxy), np.float32)[0]
+                return self.backend.read(proxy)[0]
         return None

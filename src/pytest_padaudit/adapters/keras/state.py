@@ -1,6 +1,7 @@
-"""Keras state the audit guards or builds: global RNGs, call context, loss lists, optimizer.
+"""Keras state the audit guards or builds: call context, loss lists, optimizer.
 
-The optimizer is the fresh one an update check steps with, never the user's.
+The optimizer is the fresh one an update check steps with, never the user's. Global RNGs
+differ by backend (:meth:`Backend.rng_guard`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import tensorflow as tf
-
 from ...errors import PadAuditError
-from .calls import tf_variable
 
 
 def saved_losses(layers: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -25,46 +23,6 @@ def saved_losses(layers: Sequence[Any]) -> list[tuple[Any, Any]]:
             if isinstance(holder, (list, set)):
                 saved.append((holder, copy.copy(holder)))
     return saved
-
-
-@contextmanager
-def rng_guard(seed: int, flavour: str) -> Iterator[None]:
-    """Seed Keras' and TF's global generators for the audit; put the user's back after.
-
-    The user's generators are swapped out, and their states restored too (a compiled
-    tf.function keeps drawing from the generator it captured). The model's own
-    generators (dropout seeds) are variables, restored with the rest.
-    """
-    state = _keras_state() if flavour == "keras" else None
-    generators = _tf_generators()
-    previous_keras = state.get_global_attribute("global_seed_generator") if state else None
-    previous_tf = generators.global_generator if generators else None
-    kept = [
-        (var, tf.identity(var))
-        for var in (getattr(previous_keras, "state", None), getattr(previous_tf, "state", None))
-        if var is not None
-    ]
-    context = _tf_context()
-    op_rng = getattr(context, "_rng", None)
-    op_state = op_rng.getstate() if op_rng is not None else None
-    try:
-        if state is not None:
-            from keras.src.random.seed_generator import SeedGenerator
-
-            seeded = SeedGenerator(seed, name="padaudit_seed_generator")
-            state.set_global_attribute("global_seed_generator", seeded)
-        if generators is not None:
-            generators.global_generator = tf.random.Generator.from_seed(seed)
-        yield
-    finally:
-        if state is not None:
-            state.set_global_attribute("global_seed_generator", previous_keras)
-        if generators is not None:
-            generators.global_generator = previous_tf
-        for var, value in kept:
-            tf_variable(var).assign(value)
-        if op_rng is not None and getattr(context, "_rng", None) is op_rng:
-            op_rng.setstate(op_state)
 
 
 @contextmanager
@@ -91,22 +49,6 @@ def _keras_state() -> Any:
     except ImportError:
         return None
     return global_state
-
-
-def _tf_generators() -> Any:
-    try:
-        from tensorflow.python.ops import stateful_random_ops
-    except ImportError:
-        return None
-    return stateful_random_ops if hasattr(stateful_random_ops, "global_generator") else None
-
-
-def _tf_context() -> Any:
-    try:
-        from tensorflow.python.eager import context
-    except ImportError:
-        return None
-    return context.context()
 
 
 def _is_optimizer(value: Any) -> bool:

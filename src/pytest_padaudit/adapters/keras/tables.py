@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from ...errors import PadAuditError
 from ...handle import Table
-from .calls import tf_variable, to_numpy
+from .backends.base import Backend
 from .feed import PadIds, backbone_token_table
-from .optim import row_of
 
 
 def own_variables(layer: Any) -> list[Any]:
@@ -62,27 +60,28 @@ def is_reverse_call(args: tuple, kwargs: dict) -> bool:
     return isinstance(flag, bool) and flag
 
 
-def lookup_ids(layer: Any, args: tuple, kwargs: dict) -> Any:
+def lookup_ids(backend: Backend, layer: Any, args: tuple, kwargs: dict) -> Any:
     """Return the id tensor a table call looked up (None: a reverse or position call)."""
     if is_position_table(layer) or is_reverse_call(args, kwargs):
         return None
     ids = args[0] if args else kwargs.get("inputs")
-    return ids if tf.is_tensor(ids) else None
+    return ids if backend.is_tensor(ids) else None
 
 
-def head_row(layer: Any, hidden: Any, logits: Any, grad: Any, pad: int) -> np.ndarray:
+def head_row(
+    layer: Any, hidden: np.ndarray, logits: np.ndarray, grad: np.ndarray, pad: int
+) -> np.ndarray:
     """Return the pad row's gradient through one reverse (logits) call of a tied table.
 
     ``logits = hidden @ W.T`` (then ``c * tanh(logits / c)`` with a soft cap ``c``), so
     the row ``W[pad]`` gets ``sum over positions of dL/dz[..., pad] * hidden``.
     """
-    g = tf.cast(grad[..., pad], tf.float32)
+    g = grad[..., pad]
     cap = getattr(layer, "logit_soft_cap", None)
     if cap:
-        g = g * (1.0 - tf.square(tf.cast(logits[..., pad], tf.float32) / float(cap)))
-    h = tf.cast(hidden, tf.float32)
-    dim = int(h.shape[-1])
-    return to_numpy(tf.reduce_sum(tf.reshape(g[..., None] * h, (-1, dim)), axis=0))
+        g = g * (1.0 - np.square(logits[..., pad] / float(cap)))
+    dim = hidden.shape[-1]
+    return (g[..., None] * hidden).reshape(-1, dim).sum(0, dtype=np.float32)
 
 
 def table_variables(layer: Any) -> list[Any]:
@@ -102,15 +101,15 @@ def constraint(layer: Any) -> Any:
     return getattr(layer, "embeddings_constraint", None)
 
 
-def effective_row(layer: Any, pad: int) -> np.ndarray:
+def effective_row(backend: Backend, layer: Any, pad: int) -> np.ndarray:
     """Return row ``pad`` as the layer looks it up (LoRA: base + scaled delta)."""
-    row = tf.cast(row_of(tf_variable(base_variable(layer)), pad), tf.float32)
+    row = backend.to_numpy(backend.row_of(base_variable(layer), pad))[0]
     if getattr(layer, "lora_enabled", False):
-        a = row_of(tf_variable(layer.lora_embeddings_a), pad)
-        delta = tf.matmul(a, tf.convert_to_tensor(tf_variable(layer.lora_embeddings_b)))
-        row = row + (layer.lora_alpha / layer.lora_rank) * tf.cast(delta, tf.float32)
-        row = tf.cast(tf.cast(row, layer.compute_dtype), tf.float32)
-    return to_numpy(row[0])
+        a = backend.to_numpy(backend.row_of(layer.lora_embeddings_a, pad))[0]
+        b = backend.read(layer.lora_embeddings_b)
+        row = row + np.float32(layer.lora_alpha / layer.lora_rank) * (a @ b)
+        row = backend.round_to(row.astype(np.float32), layer.compute_dtype)
+    return row
 
 
 def notes(layer: Any) -> tuple[str, ...]:
