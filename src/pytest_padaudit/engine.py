@@ -94,6 +94,7 @@ def run_audit(
         batch = _batch_for(handle, opts, primary, found)
     report = AuditReport(
         framework=handle.framework,
+        backend=getattr(handle, "backend_name", None),
         model=handle.model_class,
         options=opts.to_dict(),
         seed=opts.seed,

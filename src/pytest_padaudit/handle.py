@@ -122,6 +122,8 @@ class ModelHandle(Protocol):
     its tables with a pad id count as token tables, and ``grad`` is the whole gradient.
     Optional too: ``shrinkable = False`` keeps shrink.py from re-running a failed audit on
     smaller batches (a model whose passes run collectives over a process group).
+    Optional: ``backend_name``, what the framework runs on where it has a choice (Keras 3:
+    "tensorflow", "jax" or "torch"); reports show it and reproduction snippets follow it.
     """
 
     framework: str

@@ -124,7 +124,8 @@ def render_text(report: AuditReport) -> str:
     ]
     widths = fit_widths(head, rows, (), None)
     lines = [
-        f"padaudit{' checkpoint' if saved else ''}: {report.model} ({report.framework})"
+        f"padaudit{' checkpoint' if saved else ''}: {report.model} "
+        f"({framework_label(report.framework, report.backend)})"
         f"{_seed(report.seed)}: "
         + ("passed" if report.passed else f"{len(report.leaks)} finding(s)"),
         *heading(head, widths),
@@ -172,11 +173,17 @@ def smallest_lines(audit: Audit) -> list[str]:
         f"found in {small['runs']} re-runs of the {small['check']} check"
         f"{' with ' + small['with'] if small.get('with') else ''}): ids = {small['ids']}",
     ]
-    code = snippet(str(audit["framework"]), small)
+    framework, backend = str(audit["framework"]), audit.get("backend")
+    code = snippet(framework, small, backend)
     if code:
-        lines.append(f"plain {audit['framework']} reproduction:")
+        lines.append(f"plain {framework_label(framework, backend)} reproduction:")
         lines += [f"    {line}" for line in code]
     return lines
+
+
+def framework_label(framework: str, backend: str | None) -> str:
+    """Return "keras", or "keras on jax" where the backend is not the default one."""
+    return framework if backend in (None, framework, "tensorflow") else f"{framework} on {backend}"
 
 
 def failure_message(report: AuditReport) -> str:
@@ -185,7 +192,7 @@ def failure_message(report: AuditReport) -> str:
     where = f" in test {report.test}" if report.test else ""
     lines = [
         f"padaudit found {len(leaks)} pad leak{'s' if len(leaks) != 1 else ''} in "
-        f"{report.model} ({report.framework}){where}",
+        f"{report.model} ({framework_label(report.framework, report.backend)}){where}",
         "",
     ]
     for f in leaks:
@@ -226,7 +233,7 @@ def table_rows(audit: Audit) -> list[Row]:
     for t, status, verdict in table_verdicts(audit):
         cells = (
             str(audit.get("test") or "-"),
-            str(audit["framework"]),
+            framework_label(str(audit["framework"]), audit.get("backend")),
             str(audit["model"]),
             str(t["layer"]),
             _pad(t),

@@ -113,8 +113,8 @@ def rerun_line(test: str, seed: int | None) -> str:
     return f"pytest {quoted}" + ("" if seed is None else f" --padaudit-seed={seed}")
 
 
-def snippet(framework: str, smallest: dict[str, Any]) -> list[str]:
-    """Return three lines of plain PyTorch or Keras that show the shrunk batch's leak."""
+def snippet(framework: str, smallest: dict[str, Any], backend: str | None = None) -> list[str]:
+    """Return three lines of plain PyTorch or Keras (on ``backend``) that show the leak."""
     ids, pad, layer = smallest["ids"], smallest["pad_idx"], smallest["layer"]
     wider = (
         [row + [pad] * 4 for row in ids]
@@ -137,17 +137,36 @@ def snippet(framework: str, smallest: dict[str, Any]) -> list[str]:
         ]
     if framework == "keras":
         if smallest["check"] in ("grad", "update"):
-            name = layer.rsplit("/", 1)[-1]
-            return [
-                f"ids = np.array({ids})",
-                "with tf.GradientTape() as tape: out = model(ids); "
-                "loss = tf.reduce_sum(out * tf.random.uniform(tf.shape(out)))",
-                f"print(tf.reduce_max(tf.abs(tf.convert_to_tensor(tape.gradient(loss, "
-                f"model.get_layer({name!r}).embeddings))[{pad}])))  # > 0: the pad row trains",
-            ]
+            return _keras_grad_lines(ids, pad, layer.rsplit("/", 1)[-1], backend)
         return [
             f"ids, wider = np.array({ids}), np.array({wider})",
             "a, b = model(ids), model(wider)  # same sequences, 4 more pad columns",
             "print(a, b)  # the real positions' outputs differ: pads reach them",
         ]
     return []
+
+
+def _keras_grad_lines(ids: list, pad: int, name: str, backend: str | None) -> list[str]:
+    """Return the pad row's gradient, computed the way Keras on ``backend`` computes one."""
+    if backend == "jax":
+        return [
+            f"ids = np.array({ids}); emb = model.get_layer({name!r}).embeddings; "
+            "r = jax.random.uniform(jax.random.key(0), model(ids).shape)",
+            "f = lambda w: ops.sum(model.stateless_call([w if v is emb else v.value for v in "
+            "model.trainable_variables], [v.value for v in model.non_trainable_variables], "
+            "ids)[0] * r)",
+            f"print(abs(jax.grad(f)(emb.value)[{pad}]).max())  # > 0: the pad row trains",
+        ]
+    if backend == "torch":
+        return [
+            f"ids = np.array({ids}); emb = model.get_layer({name!r}).embeddings",
+            "out = model(ids); (out * torch.rand_like(out)).sum().backward()",
+            f"print(emb.value.grad[{pad}].abs().max())  # > 0: the pad row trains",
+        ]
+    return [
+        f"ids = np.array({ids})",
+        "with tf.GradientTape() as tape: out = model(ids); "
+        "loss = tf.reduce_sum(out * tf.random.uniform(tf.shape(out)))",
+        f"print(tf.reduce_max(tf.abs(tf.convert_to_tensor(tape.gradient(loss, "
+        f"model.get_layer({name!r}).embeddings))[{pad}])))  # > 0: the pad row trains",
+    ]

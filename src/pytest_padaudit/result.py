@@ -93,6 +93,8 @@ class AuditReport:
     kind: str = "model"
     #: the smallest batch that still fails (see shrink.py), as JSON primitives.
     smallest: dict[str, Any] | None = None
+    #: what the framework runs on, where it has a choice (Keras 3: tensorflow, jax, torch).
+    backend: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -120,6 +122,7 @@ class AuditReport:
             "test": self.test,
             "kind": self.kind,
             "framework": self.framework,
+            "backend": self.backend,
             "model": self.model,
             "passed": self.passed,
             "seed": self.seed,

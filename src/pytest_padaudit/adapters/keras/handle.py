@@ -74,6 +74,7 @@ class KerasHandle:
         self.framework = keras.__name__
         self.model_class = type(model).__qualname__
         self.backend = backend_for(self.framework, keras, self.model_class)
+        self.backend_name = self.backend.name
         self.named = named_layers(model)
         self._layers: dict[str, Any] = {}
         self._grads: list[tuple[Any, Any]] = []
