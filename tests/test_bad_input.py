@@ -46,6 +46,8 @@ def test_bad_options(options, needles):
 def test_not_a_model():
     message = error_of("bert-base-uncased")
     assert "cannot audit a builtins.str" in message and "torch.nn.Module" in message
+    assert "keras.Model (Keras 3 on tensorflow, jax or torch" in message
+    assert "flax.nnx.Module" in message  # listed by its entry point
 
 
 def test_no_embedding():

@@ -68,10 +68,13 @@ def adapt(model: object, options: AuditOptions) -> ModelHandle:
     """Return the handle for ``model`` or raise a :class:`PadAuditError` saying what fits."""
     handle = find_handle(model, options)
     if handle is None:
+        kinds = [getattr(p, "accepts", None) for p in plugin_manager().get_plugins()]
+        kinds = sorted({k for k in kinds if isinstance(k, str)})
+        what = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds)
         raise PadAuditError(
             f"padaudit cannot audit a {type(model).__module__}.{type(model).__qualname__}: "
-            "pass a torch.nn.Module or a keras.Model holding an embedding layer "
-            "(or register an adapter with pytest_padaudit.register)"
+            f"pass {what or 'a model'} holding an embedding table "
+            "(or register an adapter for its framework with pytest_padaudit.register)"
         )
     return handle
 

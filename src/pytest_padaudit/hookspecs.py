@@ -1,7 +1,11 @@
 """The hooks of pytest-padaudit's own pluggy namespace, ``padaudit``.
 
 Implement them in a plugin object registered with :func:`pytest_padaudit.register`, a
-``padaudit`` entry point, or a ``conftest.py`` (functions named ``padaudit_*``).
+``padaudit`` entry point, or a ``conftest.py`` (functions named ``padaudit_*``). An entry
+point names the object to register, an instance (``"my_pkg.padaudit:ADAPTER"``), not a
+class: pluggy looks the hooks up on what the entry point loads. An adapter may say what it
+audits in an ``accepts`` attribute ("a flax.nnx.Module"): padaudit lists it when no adapter
+knows a model.
 ``padaudit_report_json`` also exists as the pytest hook ``pytest_padaudit_report_json``
 (``newhooks.py``), which pytest plugins and conftest files implement natively.
 """
@@ -30,7 +34,9 @@ def padaudit_adapt(model: object, options: AuditOptions) -> ModelHandle | None:
     """Return a handle that audits ``model``, or None when this adapter does not know it.
 
     Adapters must not import their framework unless ``model`` can belong to it (check
-    ``sys.modules`` first): the first non-None result wins.
+    ``sys.modules`` first): the first non-None result wins. Raise
+    :class:`~pytest_padaudit.PadAuditError` for a model of the framework that cannot be
+    audited (Flax Linen, Keras on a backend without gradients), saying what to pass.
     """
 
 

@@ -38,6 +38,8 @@ def linen_module_class() -> type | None:
 class FlaxAdapter:
     """Audit Flax NNX models: every ``nnx.Embed`` (pad id from ``pad_idx=``)."""
 
+    accepts = "a flax.nnx.Module"
+
     @hookimpl
     def padaudit_adapt(self, model: object, options: AuditOptions) -> ModelHandle | None:
         nnx_module = nnx_module_class()

@@ -25,6 +25,8 @@ KERAS_MODULES = ("keras", "tf_keras")
 class KerasAdapter:
     """Audit Keras 3 (TensorFlow, JAX or torch backend) and ``tf_keras`` models and layers."""
 
+    accepts = "a keras.Model (Keras 3 on tensorflow, jax or torch, or tf_keras)"
+
     @hookimpl
     def padaudit_adapt(self, model: object, options: AuditOptions) -> ModelHandle | None:
         if not any(name in sys.modules for name in KERAS_MODULES):

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class TorchAdapter:
     """Audit ``torch.nn.Module`` models."""
 
+    accepts = "a torch.nn.Module"
+
     @hookimpl(trylast=True)
     def padaudit_adapt(self, model: object, options: AuditOptions) -> ModelHandle | None:
         if "torch" not in sys.modules:  # no torch imported: model cannot be a Module
