@@ -91,10 +91,11 @@ class ZooRun:
 
 
 class ZooRuns:
-    """Run zoo_cases.py once per backend (on first request) and keep the result."""
+    """Run zoo_cases.py (or ``cases``) once per backend (on first request); keep the result."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, cases: Path = ZOO) -> None:
         self.tmp = tmp
+        self.cases = cases
         self.done: dict[str, ZooRun] = {}
 
     def __call__(self, backend: str) -> ZooRun:
@@ -114,7 +115,7 @@ class ZooRuns:
             "no:cacheprovider",
             "-rA",
             "--tb=short",
-            str(ZOO),
+            str(self.cases),
         ]
         start = time.perf_counter()
         done = subprocess.run(
