@@ -78,15 +78,20 @@ def gpt2_causal_lm() -> keras.Model:
 
 
 def output_order(model: keras.Model, feed: dict[str, Any]) -> list[str]:
-    """Return the keys of the model's output dict in the order this backend returns them."""
-    return list(model(feed, training=False))
+    """Return the keys of the model's output dict in the order the model declares them.
+
+    ``model.output`` is the declared structure; a call on torch returns the same dict in
+    another order, and the audit weighs the outputs in the declared order on every backend.
+    """
+    assert set(model(feed, training=False)) == set(model.output)
+    return list(model.output)
 
 
 class Ordered(keras.Model):
-    """``model`` with its dict output returned as a list, in the order the backend gives it.
+    """``model`` with its dict output returned as a list, in the declared order.
 
-    The audit weighs the float outputs in the order the model returns them (output
-    number i gets stream i); ``keras.tree.flatten`` would sort the keys instead.
+    The audit weighs the float outputs in that order (output number i gets stream i);
+    ``keras.tree.flatten`` would sort the keys instead.
     """
 
     def __init__(self, model: keras.Model, order: list[str]) -> None:
@@ -107,7 +112,7 @@ def pad_row_truth(model: keras.Model, report: Any, masked: bool) -> tuple[float,
     """Return (max|g| of the token table's pad row, its SGD(1) step, the output order).
 
     The loss is the audit's documented one: each float output weighed with its seeded
-    stream, in the order the model returns them, zero at pads with ``loss="masked"``.
+    stream, in the order the model declares them, zero at pads with ``loss="masked"``.
     """
     ids, mask = batch_of(report)
     seed = int(report.batch["seed"])

@@ -195,15 +195,32 @@ class KerasHandle:
             if forward is None and self._feed is not None:
                 numpy = kb.numpy
                 inputs = feed(self.backend, self.model_class, self._feed, numpy.ids, numpy.mask)
-                return self.model(inputs, training=kb.training)
+                return self._declared_order(self.model(inputs, training=kb.training))
             if forward is None:
-                return self.model(kb.ids, training=kb.training)
+                return self._declared_order(self.model(kb.ids, training=kb.training))
             with training_scope(self.framework, kb.training):
                 return forward(self.model, kb)
         except PadAuditError:
             raise
         except Exception as exc:
             raise PadAuditError(self._forward_error(exc, kb)) from exc
+
+    def _declared_order(self, output: Any) -> Any:
+        """Return a dict output in the order the model declares its outputs.
+
+        Keras on torch returns a functional model's dict outputs in another order than on
+        TensorFlow and JAX; the loss weights each output in turn, so the order must not
+        depend on the backend.
+        """
+        if not isinstance(output, dict):
+            return output
+        try:
+            declared = self.model.output  # a functional model's outputs, as declared
+        except (AttributeError, ValueError):  # subclassed: no declared outputs
+            return output
+        if isinstance(declared, Mapping) and set(declared) == set(output):
+            return {key: output[key] for key in declared}
+        return output
 
     def _forward_error(self, exc: Exception, kb: KerasBatch) -> str:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("Arguments received by")[0]
