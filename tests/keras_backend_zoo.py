@@ -80,3 +80,22 @@ def attention(mask_zero: bool = True) -> keras.Model:
         return layers.Dense(1)(layers.GlobalAveragePooling1D()(attended))
 
     return functional(body, mask_zero=mask_zero)
+
+
+class TiedLogits(layers.Layer):
+    """Logits ``hidden @ E.T`` from the Embedding's own table, read outside its lookup."""
+
+    def __init__(self, embedding: layers.Embedding, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.embedding = embedding
+
+    def call(self, hidden: Any) -> Any:
+        return ops.matmul(hidden, ops.transpose(self.embedding.embeddings))
+
+
+def tied_logits() -> keras.Model:
+    """Embedding -> MaskedDense(DIM) -> logits over the vocabulary from the same table."""
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    table = layers.Embedding(VOCAB, DIM, mask_zero=True, name="tok")
+    hidden = MaskedDense(DIM, name="body")(table(ids))
+    return seeded(keras.Model(ids, TiedLogits(table, name="logits")(hidden)))

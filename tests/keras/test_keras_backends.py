@@ -36,6 +36,9 @@ CASES = (
     "attention_no_mask_zero",
     "adamw",
     "adam",
+    "adafactor",
+    "adamw_clipnorm",
+    "tied_logits",
 )
 TESTS = Path(__file__).resolve().parents[1]
 ZOO = TESTS / "keras_backends" / "zoo_cases.py"

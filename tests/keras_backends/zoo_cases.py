@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 
 from keras_backend_truth import batch_of, snapshot, stepped_change, table_grad
-from keras_backend_zoo import attention, flatten, global_average_pooling, lstm, seed_model
+from keras_backend_zoo import (
+    attention,
+    flatten,
+    global_average_pooling,
+    lstm,
+    seed_model,
+    tied_logits,
+)
 from pytest_padaudit import audit
 
 TRAIN = ("grad", "update")
@@ -60,6 +67,23 @@ CASES: dict[str, Case] = {
         causes={"update": "weight_decay"},
     ),
     "adam": Case(lambda: seed_model(masked=True), optimizer=lambda: keras.optimizers.Adam(1e-3)),
+    # not element-wise: the audit steps the real tables, then restores them
+    "adafactor": Case(
+        lambda: seed_model(masked=False),
+        optimizer=lambda: keras.optimizers.Adafactor(1e-2),
+        causes={"grad": "unmasked", "update": "unmasked"},
+    ),
+    "adamw_clipnorm": Case(
+        lambda: seed_model(masked=True),
+        optimizer=lambda: keras.optimizers.AdamW(1e-3, clipnorm=1.0),
+        causes={"update": "weight_decay"},
+    ),
+    # the table is read again outside its lookup: the mask cannot reach that use
+    "tied_logits": Case(
+        tied_logits,
+        {"loss": "masked"},
+        causes={"grad": "weight_reuse", "update": "weight_reuse"},
+    ),
 }
 
 
