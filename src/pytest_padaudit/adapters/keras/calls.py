@@ -109,3 +109,12 @@ def keras_mask(tensor: Any) -> Any:
 def floating_tensors(output: Any, backend: Backend) -> Iterator[Any]:
     """Yield every floating-point tensor in a (nested) model output."""
     return (t for t in output_leaves(output, backend.is_tensor) if backend.is_floating(t))
+
+
+def variable_names(variables: Sequence[Any]) -> list[str]:
+    """Return a unique, stable name for each variable (Keras 3 ``path``, else ``name``)."""
+    names: list[str] = []
+    for var in variables:
+        name = str(getattr(var, "path", None) or var.name)
+        names.append(name if name not in names else f"{name}#{len(names)}")
+    return names

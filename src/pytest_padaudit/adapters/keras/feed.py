@@ -1,6 +1,6 @@
-"""What a Keras model is fed: its ids, or the dict a keras-hub model takes; its known pad id.
+"""What a Keras model is fed, the pad id it knows, and what to do when it refuses a batch.
 
-keras-hub backbones and tasks are functional models whose inputs are a dict:
+A model is fed its ids; keras-hub backbones and tasks are functional models whose inputs are a dict:
 ``token_ids``, ``padding_mask`` and, where the model has them, ``segment_ids``. The audit
 feeds that dict by default. The pad id is the one the model's preprocessor pads with
 (``preprocessor.tokenizer.pad_token_id``) when the model has a preprocessor.
@@ -8,11 +8,14 @@ feeds that dict by default. The pad id is the one the model's preprocessor pads 
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from ...batch import PadBatch
 from ...errors import PadAuditError
 from .backends.base import Backend
 
@@ -20,6 +23,23 @@ from .backends.base import Backend
 _IDS = ("token_ids", "input_ids", "ids", "tokens", "input_word_ids")
 _MASK = ("padding_mask", "attention_mask", "mask", "input_mask")
 _ZEROS = ("segment_ids", "token_type_ids", "input_type_ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasBatch:
+    """The synthetic batch as tensors, as ``forward=`` and ``loss=`` callables receive it.
+
+    ``training`` is the mode of the pass: call ``model(batch.ids, training=batch.training)``.
+    """
+
+    ids: Any
+    mask: Any
+    lengths: Any
+    pad_idx: int
+    padding_side: str
+    numpy: PadBatch
+    training: bool
+
 
 PAD_HINT = (
     "keras-hub: the id is preprocessor.tokenizer.pad_token_id, e.g. "
@@ -136,3 +156,58 @@ class PadIds:
             f"{written} is out of range for {names} of {self.model_class}: pass pad_idx= "
             f"between 0 and {high - 1}{negative}"
         )
+
+
+_SHAPE_ERROR = re.compile(r"incompatible|expected axis|shapes? mismatch|must be compatible", re.I)
+
+
+def forward_error(
+    model: Any,
+    model_class: str,
+    exc: Exception,
+    batch: PadBatch,
+    forward: Any,
+    feeding: dict[str, tuple[str, Any]] | None,
+) -> str:
+    """Return what to do when the model raised ``exc`` on the synthetic ``batch``.
+
+    ``feeding``: the dict inputs the audit fed (keras-hub style), else None.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("Arguments received by")[0]
+    text = " ".join(text.split())[:400]
+    width = batch.shape[1]
+    fixed = _fixed_seq_len(model)
+    if fixed is not None and fixed != width and batch.extra:
+        return (
+            f"{model_class} takes sequences of exactly {fixed} tokens (its Input "
+            f"has shape (None, {fixed})), so it cannot take the invariance check's batch "
+            f"of {batch.base_len} + {batch.extra} pad columns "
+            f"({type(exc).__name__}: {text})"
+        )
+    if fixed is not None and fixed != width:
+        return (
+            f"{model_class} takes sequences of exactly {fixed} tokens (its Input "
+            f"has shape (None, {fixed})), but the audit batch is {width} wide: pass "
+            f"seq_len={fixed} ({type(exc).__name__}: {text})"
+        )
+    call = "forward=" if forward else "model(ids, training=...)"
+    if feeding is not None:
+        call = f"model({{{', '.join(map(repr, feeding))}}}, training=...)"
+    message = (
+        f"{model_class} raised {type(exc).__name__} on the synthetic batch ({call} "
+        f"with {batch.describe()}; ids int32): {text}\n  If the model takes other "
+        "inputs, pass forward=lambda model, batch: model(batch.ids, "
+        "training=batch.training) (batch has ids, mask, lengths, pad_idx, training)"
+    )
+    if _SHAPE_ERROR.search(text) and not batch.extra:
+        message += "\n  If the model needs a fixed sequence length, pass seq_len= that length"
+    return message
+
+
+def _fixed_seq_len(model: Any) -> int | None:
+    """Return the sequence length a functional model's first Input fixes, else None."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except Exception:
+        return None
+    return shape[1] if len(shape) >= 2 and isinstance(shape[1], int) else None

@@ -6,9 +6,7 @@ typing. What differs by backend is behind :class:`~.backends.base.Backend`.
 
 from __future__ import annotations
 
-import dataclasses
 import random
-import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,13 +20,19 @@ from ...handle import ROOT, OptimizerInfo, Table, Trace
 from ...options import AuditOptions
 from . import explain as keras_words
 from .backends import backend_for
-from .calls import floating_tensors, keras_mask, named_layers, recorded_calls
-from .feed import backbone_token_table, dict_inputs, feed
+from .calls import (
+    floating_tensors,
+    keras_mask,
+    named_layers,
+    recorded_calls,
+    variable_names,
+)
+from .feed import KerasBatch, backbone_token_table, dict_inputs, feed, forward_error
 from .hub_hints import pad_hint
 from .lookups import SeenIds, TableCalls
 from .noise import noise_at_pads
 from .optim import PadRowStepper, elementwise
-from .state import build_optimizer, saved_losses, training_scope
+from .state import build_optimizer, restore_losses, saved_losses, training_scope
 from .tables import (
     base_variable,
     constraint,
@@ -44,24 +48,6 @@ _QUIET = (
     r".*[Mm]odel was constructed with shape.*",
     r".*is incompatible with the layer.*",
 )
-
-_SHAPE_ERROR = re.compile(r"incompatible|expected axis|shapes? mismatch|must be compatible", re.I)
-
-
-@dataclasses.dataclass(frozen=True)
-class KerasBatch:
-    """The synthetic batch as tensors, as ``forward=`` and ``loss=`` callables receive it.
-
-    ``training`` is the mode of the pass: call ``model(batch.ids, training=batch.training)``.
-    """
-
-    ids: Any
-    mask: Any
-    lengths: Any
-    pad_idx: int
-    padding_side: str
-    numpy: PadBatch
-    training: bool
 
 
 class KerasHandle:
@@ -161,7 +147,7 @@ class KerasHandle:
             for var, value in self._saved:
                 backend.assign(var, value)
             self._saved = []
-            _restore_losses(losses)
+            restore_losses(losses)
             np.random.set_state(np_state)
             random.setstate(py_state)
 
@@ -203,7 +189,10 @@ class KerasHandle:
         except PadAuditError:
             raise
         except Exception as exc:
-            raise PadAuditError(self._forward_error(exc, kb)) from exc
+            feeding = self._feed if forward is None else None
+            raise PadAuditError(
+                forward_error(self.model, self.model_class, exc, kb.numpy, forward, feeding)
+            ) from exc
 
     def _declared_order(self, output: Any) -> Any:
         """Return a dict output in the order the model declares its outputs.
@@ -221,37 +210,6 @@ class KerasHandle:
         if isinstance(declared, Mapping) and set(declared) == set(output):
             return {key: output[key] for key in declared}
         return output
-
-    def _forward_error(self, exc: Exception, kb: KerasBatch) -> str:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("Arguments received by")[0]
-        text = " ".join(text.split())[:400]
-        width = kb.numpy.shape[1]
-        fixed = _fixed_seq_len(self.model)
-        if fixed is not None and fixed != width and kb.numpy.extra:
-            return (
-                f"{self.model_class} takes sequences of exactly {fixed} tokens (its Input "
-                f"has shape (None, {fixed})), so it cannot take the invariance check's batch "
-                f"of {kb.numpy.base_len} + {kb.numpy.extra} pad columns "
-                f"({type(exc).__name__}: {text})"
-            )
-        if fixed is not None and fixed != width:
-            return (
-                f"{self.model_class} takes sequences of exactly {fixed} tokens (its Input "
-                f"has shape (None, {fixed})), but the audit batch is {width} wide: pass "
-                f"seq_len={fixed} ({type(exc).__name__}: {text})"
-            )
-        call = "forward=" if self.options.forward else "model(ids, training=...)"
-        if self._feed is not None and not self.options.forward:
-            call = f"model({{{', '.join(map(repr, self._feed))}}}, training=...)"
-        message = (
-            f"{self.model_class} raised {type(exc).__name__} on the synthetic batch ({call} "
-            f"with {kb.numpy.describe()}; ids int32): {text}\n  If the model takes other "
-            "inputs, pass forward=lambda model, batch: model(batch.ids, "
-            "training=batch.training) (batch has ids, mask, lengths, pad_idx, training)"
-        )
-        if _SHAPE_ERROR.search(text) and not kb.numpy.extra:
-            message += "\n  If the model needs a fixed sequence length, pass seq_len= that length"
-        return message
 
     def loss(self, output: Any, kb: KerasBatch, plan: LossPlan) -> Any:
         """Return the seeded scalar loss over the outputs (or the ``loss=`` callable's)."""
@@ -304,7 +262,7 @@ class KerasHandle:
             with self.backend.no_grad(), recorded_calls(list(self._layers.items()), seen.record):
                 self.forward(self.tensors(batch, training=False))
         finally:
-            _restore_losses(losses)
+            restore_losses(losses)
         return seen.result()
 
     def head_grads(self) -> dict[str, np.ndarray]:
@@ -422,7 +380,7 @@ class KerasHandle:
         done = backend.gradients(run, variables)
         reach = self._reachable_rows(batch, tables)
         result = {}
-        for name, var, grad in zip(_names(variables), variables, done.grads, strict=True):
+        for name, var, grad in zip(variable_names(variables), variables, done.grads, strict=True):
             if grad is None:
                 continue
             rows = reach.get(id(var))
@@ -497,36 +455,9 @@ class KerasHandle:
         return dict(self.named).get(path) if path else None
 
 
-def _restore_losses(losses: list[tuple[Any, Any]]) -> None:
-    for holder, value in losses:
-        if isinstance(holder, list):
-            holder[:] = value
-        else:
-            holder.clear()
-            holder.update(value)
-
-
 def _unique(variables: Sequence[Any]) -> list[Any]:
     return list({id(v): v for v in variables}.values())
 
 
-def _names(variables: Sequence[Any]) -> list[str]:
-    """Return a unique, stable name for each variable (Keras 3 ``path``, else ``name``)."""
-    names: list[str] = []
-    for var in variables:
-        name = str(getattr(var, "path", None) or var.name)
-        names.append(name if name not in names else f"{name}#{len(names)}")
-    return names
-
-
 def _peak(row: np.ndarray | None) -> float:
     return 0.0 if row is None or row.size == 0 else float(np.abs(row).max())
-
-
-def _fixed_seq_len(model: Any) -> int | None:
-    """Return the sequence length a functional model's first Input fixes, else None."""
-    try:
-        shape = tuple(model.inputs[0].shape)
-    except Exception:
-        return None
-    return shape[1] if len(shape) >= 2 and isinstance(shape[1], int) else None

@@ -25,6 +25,16 @@ def saved_losses(layers: Sequence[Any]) -> list[tuple[Any, Any]]:
     return saved
 
 
+def restore_losses(losses: list[tuple[Any, Any]]) -> None:
+    """Put back the loss lists :func:`saved_losses` snapshotted."""
+    for holder, value in losses:
+        if isinstance(holder, list):
+            holder[:] = value
+        else:
+            holder.clear()
+            holder.update(value)
+
+
 @contextmanager
 def training_scope(flavour: str, training: bool) -> Iterator[None]:
     """Make layers called by a ``forward=`` callable default to ``training``."""
