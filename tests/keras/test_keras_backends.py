@@ -2,28 +2,22 @@
 
 Keras picks its backend when it is imported, so each backend runs in its own process:
 tests/keras_backends/zoo_cases.py (the zoo against plain autodiff) under KERAS_BACKEND=
-tensorflow, jax and torch, each once per module, writing one verdict record per case.
+tensorflow, jax and torch, started together (keras_backend_runs.py), writing one verdict
+record per case.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, distribution
-from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-import pytest_padaudit
+from keras_backend_runs import BACKENDS, TESTS, ZooRuns, backend_env, installed, need
 
-BACKENDS = ("tensorflow", "jax", "torch")
 #: the cases of zoo_cases.py, in its order: each backend must run and pass every one.
 CASES = (
     "seed_masked_dense",
@@ -40,105 +34,12 @@ CASES = (
     "adamw_clipnorm",
     "tied_logits",
 )
-TESTS = Path(__file__).resolve().parents[1]
 ZOO = TESTS / "keras_backends" / "zoo_cases.py"
-#: the padaudit this process imported: the subprocesses must import the same one.
-SRC = Path(pytest_padaudit.__file__).resolve().parents[1]
-
-
-def installed(backend: str) -> bool:
-    """Say whether Keras 3 and ``backend``'s package can be imported (without importing)."""
-    try:
-        keras = distribution("keras")
-    except PackageNotFoundError:
-        return False
-    return int(keras.version.split(".")[0]) >= 3 and find_spec(backend) is not None
-
-
-def need(backend: str) -> None:
-    if not installed(backend):
-        pytest.skip(f"Keras 3 on {backend} needs keras>=3 and {backend} installed")
-
-
-def backend_env(backend: str, home: Path, **extra: str) -> dict[str, str]:
-    """Return this process's environment for a child on ``backend`` that imports SRC."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "GITHUB_STEP_SUMMARY")
-    }
-    path = [str(SRC), env.get("PYTHONPATH", "")]
-    env.update(
-        KERAS_BACKEND=backend,
-        KERAS_HOME=str(home),
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join(p for p in path if p),
-        **extra,
-    )
-    return env
-
-
-@dataclass
-class ZooRun:
-    """One backend's run of zoo_cases.py: pytest's outcome and the verdict records."""
-
-    backend: str
-    result: pytest.RunResult
-    records: dict[str, dict[str, Any]]
-    seconds: float
-
-    def failures(self) -> str:
-        """Return what the inner pytest printed about its failures (the message to show)."""
-        out = self.result.stdout.str()
-        start = out.find("= FAILURES =")
-        text = out[out.rfind("\n", 0, start) + 1 :] if start >= 0 else out[-12000:]
-        return f"{text}\n{self.result.stderr.str()[-4000:]}"
-
-
-class ZooRuns:
-    """Run zoo_cases.py (or ``cases``) once per backend (on first request); keep the result."""
-
-    def __init__(self, tmp: Path, cases: Path = ZOO) -> None:
-        self.tmp = tmp
-        self.cases = cases
-        self.done: dict[str, ZooRun] = {}
-
-    def __call__(self, backend: str) -> ZooRun:
-        if backend not in self.done:
-            self.done[backend] = self._run(backend)
-        return self.done[backend]
-
-    def _run(self, backend: str) -> ZooRun:
-        verdicts = self.tmp / f"{backend}.jsonl"
-        verdicts.unlink(missing_ok=True)
-        env = backend_env(backend, self.tmp / "keras_home", PADAUDIT_VERDICTS=str(verdicts))
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-rA",
-            "--tb=short",
-            str(self.cases),
-        ]
-        start = time.perf_counter()
-        done = subprocess.run(
-            command, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=900
-        )
-        seconds = time.perf_counter() - start
-        result = pytest.RunResult(
-            done.returncode, done.stdout.splitlines(), done.stderr.splitlines(), seconds
-        )
-        records = {}
-        if verdicts.exists():
-            for line in verdicts.read_text(encoding="utf-8").splitlines():
-                entry = json.loads(line)
-                records[entry["case"]] = entry
-        return ZooRun(backend, result, records, seconds)
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> ZooRuns:
-    return ZooRuns(tmp_path_factory.mktemp("keras_backends"))
+    return ZooRuns(tmp_path_factory.mktemp("keras_backends"), ZOO)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

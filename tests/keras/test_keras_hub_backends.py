@@ -13,7 +13,8 @@ from importlib.util import find_spec
 
 import numpy as np
 import pytest
-from test_keras_backends import BACKENDS, TESTS, ZooRun, ZooRuns, installed, need
+
+from keras_backend_runs import BACKENDS, TESTS, ZooRun, ZooRuns, installed, need
 
 HUB = TESTS / "keras_backends" / "hub_cases.py"
 #: the cases of hub_cases.py, in its order: each backend must run and pass every one.
