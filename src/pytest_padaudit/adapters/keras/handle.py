@@ -348,7 +348,7 @@ class KerasHandle:
             optimizer.state.step(self._pad_grads)
         elif optimizer.state is not None and self._grads:
             pairs = [(self.backend.for_optimizer(g), v) for g, v in self._grads]
-            optimizer.state.apply_gradients(pairs)
+            self.backend.apply(optimizer.state, pairs)
 
     def reset(self) -> None:
         """Put the variables back as preserve() found them; drop stepped rows and grads."""

@@ -65,7 +65,7 @@ class PadRowStepper:
             grad = pad_grads.get(path)
             row = np.zeros(proxy.shape, np.float32) if grad is None else grad[None]
             pairs.append((self.backend.constant(row, proxy.dtype), proxy))
-        self.optimizer.apply_gradients(pairs)
+        self.backend.apply(self.optimizer, pairs)
 
     def row(self, path: str) -> np.ndarray | None:
         """Return the stepped pad row of table ``path`` (None: not stepped here)."""

@@ -146,6 +146,10 @@ class Backend:
         """Return a gradient as an optimizer's ``apply_gradients`` takes it."""
         return grad
 
+    def apply(self, optimizer: Any, pairs: Sequence[tuple[Any, Any]]) -> None:
+        """Step ``optimizer`` (the audit's fresh copy) once on (gradient, variable) pairs."""
+        optimizer.apply_gradients(list(pairs))
+
     # -- randomness ---------------------------------------------------------------------
     @contextmanager
     def rng_guard(self, seed: int, flavour: str) -> Iterator[None]:

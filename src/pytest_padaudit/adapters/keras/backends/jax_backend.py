@@ -5,6 +5,7 @@ mapped in with ``keras.StatelessScope`` (as ``model.stateless_call`` does), so a
 callable that calls the model as usual is differentiated too; what the pass assigns (seed
 generators, BatchNormalization statistics) stays in the scope. A tensor whose gradient is
 wanted gets a zero probe added, and the gradient w.r.t. the probe is the gradient w.r.t. it.
+The update check steps through the optimizer's ``stateless_apply``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ class JaxBackend(Backend):
             values, probes
         )
         return Pass(list(grads), list(tapped), aux)
+
+    def apply(self, optimizer: Any, pairs: Sequence[tuple[Any, Any]]) -> None:
+        """Step through Keras' stateless API: new values come back as arrays, then assigned."""
+        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
+        if not optimizer.built:
+            optimizer.build(variables)
+        values, state = optimizer.stateless_apply(
+            [v.value for v in optimizer.variables], grads, [v.value for v in variables]
+        )
+        written = [*variables, *optimizer.variables]
+        for variable, value in zip(written, [*values, *state], strict=True):
+            variable.assign(value)
 
     def connected(self, grad: Any) -> bool:
         """JAX gives zeros, not None, where no gradient flows: read them as unconnected."""
