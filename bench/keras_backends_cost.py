@@ -11,23 +11,14 @@ the ratio is measured within one process.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
+from run import median_time  # bench/ is on sys.path when a bench script runs
+
 BACKENDS = ("tensorflow", "jax", "torch")
-
-
-def median(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bare_grad(model: object, ids: object, weights: object) -> Callable[[], object]:
@@ -85,8 +76,8 @@ def measure(repeats: int = 7) -> str:
     start = time.perf_counter()
     audit(model)
     cold = time.perf_counter() - start
-    t_audit = median(lambda: audit(model).passed, repeats)
-    t_grad = median(bare_grad(model, ids, weights), repeats)
+    t_audit = median_time(lambda: audit(model).passed, repeats)
+    t_grad = median_time(bare_grad(model, ids, weights), repeats)
     return (
         f"{keras.config.backend():<11} cold {cold:6.2f} s   audit {t_audit * 1e3:7.1f} ms   "
         f"bare grad {t_grad * 1e3:6.1f} ms   audit / grad = {t_audit / t_grad:5.1f}x"

@@ -21,6 +21,14 @@ from keras import ops
 LOSS_SALT = 7919
 
 
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def close(audited: float | None, truth: float) -> bool:
+    """Say whether an audited value matches the truth (rtol 1e-4, atol 1e-6)."""
+    return audited is not None and bool(np.isclose(audited, truth, rtol=RTOL, atol=ATOL))
+
+
 def batch_of(report: Any) -> tuple[np.ndarray, np.ndarray]:
     """Return (ids int32, mask bool) of the batch an audit used, rebuilt from its report."""
     b = report.batch

@@ -20,7 +20,8 @@ import tensorflow as tf
 from test_keras_hub_zero_config import TASKS
 from test_tf_keras_zoo import invariance_truth
 
-from keras_truth import batch_of, pad_row_grad
+from keras_backend_truth import batch_of
+from keras_truth import pad_row_grad
 from pytest_padaudit import audit
 from tf_keras_zoo import ZOO, table
 

@@ -31,19 +31,6 @@ def padded_batch(
     return np.where(mask, tokens, pad).astype(np.int32), mask
 
 
-def batch_of(report: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Return (ids, mask) of the batch an audit used, rebuilt from its report."""
-    b = report.batch
-    ids = np.array(b["ids"], dtype=np.int32)
-    lengths = np.array(b["lengths"])
-    cols = np.arange(ids.shape[1])
-    if b["padding_side"] == "right":
-        mask = cols[None, :] < lengths[:, None]
-    else:
-        mask = cols[None, :] >= (ids.shape[1] - lengths)[:, None]
-    return ids, mask
-
-
 def dense_row(grad: Any, rows: int, pad: int) -> np.ndarray:
     """Return row ``pad`` of a gradient, IndexedSlices densified (duplicates summed)."""
     if isinstance(grad, tf.IndexedSlices):

@@ -18,7 +18,8 @@ pytest.importorskip("keras.layers")
 keras = pytest.importorskip("keras")
 keras_hub = pytest.importorskip("keras_hub")
 
-from keras_truth import batch_of, pad_row_grad, tied_split, weights_for
+from keras_backend_truth import batch_of
+from keras_truth import pad_row_grad, tied_split, weights_for
 from pytest_padaudit import PadAuditError, audit
 
 V = 64

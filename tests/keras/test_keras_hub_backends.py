@@ -8,13 +8,12 @@ measured value within tolerance. Skipped where keras_hub is not importable.
 
 from __future__ import annotations
 
-import json
 from importlib.util import find_spec
 
 import numpy as np
 import pytest
 
-from keras_backend_runs import BACKENDS, TESTS, ZooRun, ZooRuns, installed, need
+from keras_backend_runs import BACKENDS, TESTS, ZooRuns, need
 
 HUB = TESTS / "keras_backends" / "hub_cases.py"
 #: the cases of hub_cases.py, in its order: each backend must run and pass every one.
@@ -34,31 +33,11 @@ def test_hub_verdicts_match_plain_autodiff_on_backend(hub: ZooRuns, backend: str
     need(backend)
     run = hub(backend)
     print(f"{backend}: hub_cases.py took {run.seconds:.1f} s")
-    outcomes = run.result.parseoutcomes()
-    counts = {k: outcomes.get(k, 0) for k in ("passed", "failed", "errors")}
-    assert counts == {"passed": len(CASES), "failed": 0, "errors": 0}, run.failures()
-    assert run.result.ret == 0, run.failures()
-    assert list(run.records) == list(CASES), sorted(run.records)
-    assert {r["backend"] for r in run.records.values()} == {backend}
-
-
-def complete_runs(hub: ZooRuns) -> dict[str, ZooRun]:
-    """Return each installed backend's run (skip under two), every case recorded."""
-    backends = [b for b in BACKENDS if installed(b)]
-    if len(backends) < 2:
-        pytest.skip(f"needs two Keras backends installed, found {backends}")
-    runs = {b: hub(b) for b in backends}
-    missing = {
-        b: {c: run.records.get(c, {}).get("error", "no record") for c in CASES}
-        for b, run in runs.items()
-        if any("passed" not in run.records.get(c, {}) for c in CASES)
-    }
-    assert not missing, json.dumps(missing, indent=1)
-    return runs
+    run.assert_passed(CASES)
 
 
 def test_hub_verdicts_are_identical_across_backends(hub: ZooRuns) -> None:
-    runs = complete_runs(hub)
+    runs = hub.complete(CASES)
     first, *others = runs
     differ = [
         (case, key, {first: runs[first].records[case][key], other: runs[other].records[case][key]})
@@ -71,7 +50,7 @@ def test_hub_verdicts_are_identical_across_backends(hub: ZooRuns) -> None:
 
 
 def test_hub_values_agree_across_backends(hub: ZooRuns) -> None:
-    runs = complete_runs(hub)
+    runs = hub.complete(CASES)
     first, *others = runs
     differ = []
     for case in CASES:

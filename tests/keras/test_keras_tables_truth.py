@@ -19,7 +19,8 @@ keras = pytest.importorskip("keras")
 
 from keras import layers
 
-from keras_truth import batch_of, dense_row, pad_row_grad, tied_split, weights_for
+from keras_backend_truth import batch_of
+from keras_truth import dense_row, pad_row_grad, tied_split, weights_for
 from keras_zoo import (
     DIM,
     VOCAB,

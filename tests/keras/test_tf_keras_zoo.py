@@ -19,7 +19,8 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("keras.layers")
 tf_keras = pytest.importorskip("tf_keras")
 
-from keras_truth import batch_of, pad_row_grad
+from keras_backend_truth import batch_of
+from keras_truth import pad_row_grad
 from pytest_padaudit import audit
 from tf_keras_zoo import VOCAB, ZOO, seed_model, table
 

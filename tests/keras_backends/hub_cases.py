@@ -12,7 +12,6 @@ PADAUDIT_VERDICTS names a file, each test appends its verdict record there as a 
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -23,7 +22,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_backend_truth import batch_of, gradients, snapshot, stepped_change
+from keras_backend_runs import record
+from keras_backend_truth import batch_of, close, gradients, snapshot, stepped_change
 from keras_backend_zoo import seeded
 from pytest_padaudit import audit
 
@@ -41,19 +41,6 @@ SMALL = dict(
     dropout=0.0,
 )
 NOT_TOKEN = "not a token table"
-RTOL, ATOL = 1e-4, 1e-6
-
-
-def record(entry: dict[str, Any]) -> None:
-    """Append ``entry`` as one JSON line to the file PADAUDIT_VERDICTS names, if any."""
-    path = os.environ.get("PADAUDIT_VERDICTS")
-    if path:
-        with open(path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(entry, sort_keys=True) + "\n")
-
-
-def close(audited: float | None, truth: float) -> bool:
-    return audited is not None and bool(np.isclose(audited, truth, rtol=RTOL, atol=ATOL))
 
 
 def built(model: keras.Model, segments: bool) -> keras.Model:

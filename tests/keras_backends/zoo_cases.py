@@ -9,8 +9,6 @@ PADAUDIT_VERDICTS names a file, each test appends its verdict record there as a 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +17,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_backend_truth import batch_of, snapshot, stepped_change, table_grad
+from keras_backend_runs import record
+from keras_backend_truth import batch_of, close, snapshot, stepped_change, table_grad
 from keras_backend_zoo import (
     attention,
     flatten,
@@ -31,7 +30,6 @@ from keras_backend_zoo import (
 from pytest_padaudit import audit
 
 TRAIN = ("grad", "update")
-RTOL, ATOL = 1e-4, 1e-6
 
 
 @dataclass
@@ -85,18 +83,6 @@ CASES: dict[str, Case] = {
         causes={"grad": "weight_reuse", "update": "weight_reuse"},
     ),
 }
-
-
-def record(entry: dict[str, Any]) -> None:
-    """Append ``entry`` as one JSON line to the file PADAUDIT_VERDICTS names, if any."""
-    path = os.environ.get("PADAUDIT_VERDICTS")
-    if path:
-        with open(path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(entry, sort_keys=True) + "\n")
-
-
-def close(audited: float | None, truth: float) -> bool:
-    return audited is not None and bool(np.isclose(audited, truth, rtol=RTOL, atol=ATOL))
 
 
 @pytest.mark.filterwarnings("ignore:.*does not support masking")

@@ -101,7 +101,8 @@ def test_keras_hub_snippet(tmp_path):
 def test_tf_keras_snippet():
     tf = pytest.importorskip("tensorflow")
     tf_keras = pytest.importorskip("tf_keras")
-    from keras_truth import batch_of, pad_row_grad
+    from keras_backend_truth import batch_of
+    from keras_truth import pad_row_grad
     from pytest_padaudit import audit
 
     namespace = run_snippet(4)

@@ -98,14 +98,7 @@ def _grad_words(
     if t.own_pad_idx is not None and t.own_pad_idx != t.pad_idx:
         return _mismatch_words(handle, t, options, info)
     if t.tied_with and t.path not in handle.head_grads():
-        others = ", ".join(t.tied_with)
-        return (
-            "tied",
-            f"the embeddings variable is shared with {others} (tied weights): its gradient "
-            "reaches every row, the pad row included, whatever mask_zero says",
-            "untie the weights, mask the pad id out of the shared use (e.g. the pad column of "
-            "tied logits), or accept it knowingly with allow=('tied',)",
-        )
+        return _tied_words(handle, t, options, info)  # a variable shared outside the head
     if not t.own_pad and handle.takes_padding_mask():
         return (
             "unmasked",
