@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pytest_padaudit import hookimpl
-from pytest_padaudit.handle import OptimizerInfo, Table, Trace
+from pytest_padaudit.core.handle import OptimizerInfo, Table, Trace
 
 
 class NumpyTagger:

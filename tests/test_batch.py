@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pytest_padaudit import PadAuditError
-from pytest_padaudit.batch import LossPlan, make_batch
+from pytest_padaudit.core.batch import LossPlan, make_batch
 
 
 def batch(**kwargs):
@@ -102,7 +102,7 @@ def test_real_weights_on_an_attention_map_agree_at_real_query_and_key_positions(
 
 
 def test_sequence_axes_come_from_growth_never_from_a_size_alone():
-    from pytest_padaudit.invariance import grown_axes
+    from pytest_padaudit.core.invariance import grown_axes
 
     # (batch, hidden) with hidden == seq_len, and == seq_len + extra: no sequence axis
     assert grown_axes({0: (4, 16), 1: (4, 24)}, {0: (4, 16), 1: (4, 24)}, 8) == {0: (), 1: ()}

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_padaudit import audit, audit_checkpoint, causes
-from pytest_padaudit.options import CAUSES
+from pytest_padaudit import audit, audit_checkpoint
+from pytest_padaudit.core import causes
+from pytest_padaudit.core.options import CAUSES
 
 torch = pytest.importorskip("torch")
 from torch import nn
@@ -23,9 +24,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pytest_padaudit"
 #: the modules that decide a finding's cause.
 EMITTERS = [
     *sorted((SRC / "adapters").rglob("*.py")),  # every framework subpackage
-    SRC / "explain.py",
-    SRC / "engine.py",
-    SRC / "checkpoint.py",
+    SRC / "core" / "explain.py",
+    SRC / "core" / "engine.py",
+    SRC / "core" / "checkpoint.py",
 ]
 CODE = re.compile(r"^[a-z][a-z_]*$")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pytest_padaudit import PadAuditError, PadLeakError, audit_checkpoint
-from pytest_padaudit.checkpoint import is_token_table
+from pytest_padaudit.core.checkpoint import is_token_table
 
 torch = pytest.importorskip("torch")
 

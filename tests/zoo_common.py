@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pytest_padaudit import PadAuditError, audit
-from pytest_padaudit.batch import make_batch
+from pytest_padaudit.core.batch import make_batch
 
 #: The audit's defaults, which the ground truth repeats: batch 4 x 16, 8 extra pad columns.
 BATCH, SEQ, EXTRA, SEED = 4, 16, 8, 0

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import PadAuditError, PadLeakError
-from .hooks import hookimpl, register, unregister
+from .core.errors import PadAuditError, PadLeakError
+from .core.hooks import hookimpl, register, unregister
 
 if TYPE_CHECKING:
-    from .checkpoint import audit_checkpoint
-    from .engine import audit
-    from .result import AuditReport, Finding
+    from .core.checkpoint import audit_checkpoint
+    from .core.engine import audit
+    from .core.result import AuditReport, Finding
 
 __all__ = [
     "AuditReport",
@@ -31,15 +31,15 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "audit":
-        from .engine import audit
+        from .core.engine import audit
 
         return audit
     if name == "audit_checkpoint":
-        from .checkpoint import audit_checkpoint
+        from .core.checkpoint import audit_checkpoint
 
         return audit_checkpoint
     if name in ("AuditReport", "Finding"):
-        from . import result
+        from .core import result
 
         return getattr(result, name)
     raise AttributeError(f"module 'pytest_padaudit' has no attribute {name!r}")

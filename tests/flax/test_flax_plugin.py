@@ -53,7 +53,7 @@ def test_the_entry_point_finds_flax_models(tmp_path):
     code = (
         "from flax import nnx\n"
         "from pytest_padaudit import audit\n"
-        "from pytest_padaudit.hooks import plugin_manager\n"
+        "from pytest_padaudit.core.hooks import plugin_manager\n"
         "from pytest_padaudit.adapters.flax import ADAPTER\n"
         "class M(nnx.Module):\n"
         "    def __init__(self):\n"
@@ -70,9 +70,9 @@ def test_the_entry_point_finds_flax_models(tmp_path):
 def test_importing_the_plugin_and_the_hook_object_imports_no_jax():
     code = (
         "import sys, pytest_padaudit.plugin, pytest_padaudit.adapters.flax as f\n"
-        "from pytest_padaudit.options import AuditOptions\n"
+        "from pytest_padaudit.core.options import AuditOptions\n"
         "assert f.ADAPTER.padaudit_adapt(object(), AuditOptions()) is None\n"
-        "from pytest_padaudit.engine import find_handle\n"
+        "from pytest_padaudit.core.engine import find_handle\n"
         "assert find_handle(object()) is None\n"
         "print(sorted(m for m in ('jax', 'jaxlib', 'flax', 'optax') if m in sys.modules))\n"
     )

@@ -26,10 +26,10 @@ import pytest_padaudit
 from pytest_padaudit import PadAuditError, audit
 from pytest_padaudit.adapters.flax import ADAPTER, FlaxAdapter
 from pytest_padaudit.adapters.flax.handle import FlaxHandle
-from pytest_padaudit.batch import LossPlan, make_batch
-from pytest_padaudit.engine import find_handle
-from pytest_padaudit.hooks import plugin_manager
-from pytest_padaudit.options import AuditOptions
+from pytest_padaudit.core.batch import LossPlan, make_batch
+from pytest_padaudit.core.engine import find_handle
+from pytest_padaudit.core.hooks import plugin_manager
+from pytest_padaudit.core.options import AuditOptions
 
 RTOL = 1e-4  # the audit's default rtol
 

@@ -27,7 +27,7 @@ from keras_zoo import (
     seed_model,
 )
 from pytest_padaudit import audit, hookimpl, register, unregister
-from pytest_padaudit.batch import PadBatch
+from pytest_padaudit.core.batch import PadBatch
 
 TRAIN = ("grad", "update")
 

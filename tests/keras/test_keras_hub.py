@@ -124,8 +124,8 @@ def test_task_takes_the_pad_id_from_its_preprocessor(tmp_path):
 
 def test_lookups_records_the_ids_each_table_receives():
     from pytest_padaudit.adapters.keras.handle import KerasHandle
-    from pytest_padaudit.batch import make_batch
-    from pytest_padaudit.options import AuditOptions
+    from pytest_padaudit.core.batch import make_batch
+    from pytest_padaudit.core.options import AuditOptions
 
     model = bert()
     handle = KerasHandle(model, AuditOptions(pad_idx=0), keras)

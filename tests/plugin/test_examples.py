@@ -54,7 +54,7 @@ def test_readme_samples_are_what_the_demo_prints_now():
 
 
 def test_readme_names_only_causes_that_exist_and_documents_each():
-    from pytest_padaudit.options import CAUSES
+    from pytest_padaudit.core.options import CAUSES
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     named = set(re.findall(r"allow=\(['\"](\w+)['\"],?\)", readme))

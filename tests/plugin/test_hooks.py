@@ -7,7 +7,7 @@ import pytest
 
 import pytest_padaudit
 from pytest_padaudit import PadAuditError, audit
-from pytest_padaudit.batch import make_batch
+from pytest_padaudit.core.batch import make_batch
 
 from numpy_adapter import NumpyAdapter, NumpyTagger
 
@@ -75,7 +75,7 @@ def test_result_hook_can_veto(numpy_adapter):
 
 
 def test_entry_point_group_is_loaded(monkeypatch):
-    import pytest_padaudit.hooks as hooks
+    import pytest_padaudit.core.hooks as hooks
 
     calls = []
 

@@ -1,4 +1,4 @@
-"""The import graph: plugin -> engine -> adapters, no cycles, no pytest below the pytest face."""
+"""The import graph: plugin -> core -> adapters, no cycles, no pytest below the pytest face."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import pytest_padaudit
 
 PACKAGE = pathlib.Path(pytest_padaudit.__file__).parent
-#: the only modules that speak to pytest.
-PYTEST_FACE = {"plugin", "reporting", "zerocode"}
+#: the only package that speaks to pytest.
+PYTEST_FACE = "plugin"
 FRAMEWORKS = {"torch", "tensorflow", "keras", "tf_keras", "jax", "flax", "optax", "transformers"}
 
 
@@ -81,12 +81,44 @@ def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
 def test_only_the_pytest_face_imports_pytest() -> None:
     _, outer = _graph()
     speaking = {name for name, ext in outer.items() if {"pytest", "_pytest"} & ext}
-    assert speaking <= PYTEST_FACE, sorted(speaking - PYTEST_FACE)
+    assert all(_within(name, PYTEST_FACE) for name in speaking), sorted(speaking)
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+#: which top-level packages each may import at run time: plugin -> core -> adapters,
+#: render beside core (it writes what core decided), guards on top of core and adapters.
+ALLOWED = {
+    "": {"core"},
+    "core": {"core", "adapters", "render"},
+    "adapters": {"core", "adapters"},
+    "render": {"core", "render"},
+    "plugin": {"plugin", "core", "render", ""},
+    "guards": {"guards", "core", "adapters", "render"},
+}
+
+
+def test_layers_point_one_way() -> None:
+    inner, _ = _graph()
+    offenders = {}
+    for name, targets in inner.items():
+        top = name.split(".")[0] if "." in name or name in ALLOWED else ""
+        bad = sorted(t for t in targets if (t.split(".")[0] if t else "") not in ALLOWED[top])
+        if bad:
+            offenders[name] = bad
+    assert not offenders
+
+
+def test_no_flat_modules_beside_the_packages() -> None:
+    flat = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert flat == []
 
 
 def test_engine_and_core_import_no_framework() -> None:
     _, outer = _graph()
-    core = [n for n in outer if not n.startswith("adapters") and n not in ("checkpoint",)]
+    core = [n for n in outer if not _within(n, "adapters") and n != "core.checkpoint_files"]
     offenders = {n: sorted(outer[n] & FRAMEWORKS) for n in core if outer[n] & FRAMEWORKS}
     assert not offenders
 
@@ -119,7 +151,8 @@ def test_no_import_cycles() -> None:
 
 def test_importing_the_plugin_loads_no_framework() -> None:
     code = (
-        "import sys, pytest_padaudit.plugin, pytest_padaudit.reporting, pytest_padaudit.adapters\n"
+        "import sys, pytest_padaudit.plugin, pytest_padaudit.plugin.reporting\n"
+        "import pytest_padaudit.adapters\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         f"{sorted(FRAMEWORKS | {'numpy'} - {'optax'})!r}))"
     )

@@ -196,8 +196,8 @@ def padaudit_audit_finished(report):
 
 def test_importing_the_plugin_imports_no_framework():
     code = (
-        "import sys, pytest_padaudit, pytest_padaudit.plugin, pytest_padaudit.reporting, "
-        "pytest_padaudit.report, pytest_padaudit.zerocode\n"
+        "import sys, pytest_padaudit, pytest_padaudit.plugin, pytest_padaudit.plugin.reporting, "
+        "pytest_padaudit.render.report, pytest_padaudit.plugin.zerocode\n"
         "heavy = ('numpy', 'torch', 'tensorflow', 'keras', 'transformers', 'h5py', 'safetensors')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "assert callable(pytest_padaudit.audit_checkpoint)  # lazily, after the check"

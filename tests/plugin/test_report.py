@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from pytest_padaudit import report as render
+from pytest_padaudit.render import report as render
 
 pytest.importorskip("torch")  # the pytester runs audit torch models (conftest.py warms torch up)
 
@@ -259,7 +259,7 @@ def test_md_without_path_appends_to_github_step_summary(
 
 
 def render_default(kind: str) -> str:
-    from pytest_padaudit.reporting import DEFAULT_PATHS
+    from pytest_padaudit.plugin.reporting import DEFAULT_PATHS
 
     return DEFAULT_PATHS[kind]
 

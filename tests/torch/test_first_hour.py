@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from pytest_padaudit import audit
-from pytest_padaudit.plugin import SETTINGS
+from pytest_padaudit.plugin.settings import SETTINGS
 
 # tests/torch/ is a folder named torch: ask for a submodule, which only real torch has
 pytest.importorskip("torch.nn")
@@ -174,7 +174,7 @@ def test_item_options_are_resolved_once_into_the_stash(suite):
     suite.makepyfile(
         """
         import pytest
-        from pytest_padaudit.plugin import ITEM_OPTIONS
+        from pytest_padaudit.plugin.items import ITEM_OPTIONS
 
         pytestmark = pytest.mark.padaudit(seq_len=6)
 
@@ -381,7 +381,7 @@ def test_integer_outputs_get_advice_that_works():
 
 
 def test_the_smallest_failing_batch_is_shrunk_and_its_three_lines_reproduce(monkeypatch):
-    import pytest_padaudit.engine as engine
+    import pytest_padaudit.core.engine as engine
 
     calls = []
     real = engine.run_audit

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from pytest_padaudit import PadAuditError, audit
 from pytest_padaudit.adapters.torch.hf import HFHandle, shift_right
-from pytest_padaudit.options import AuditOptions
+from pytest_padaudit.core.options import AuditOptions
 
 # hidden sizes differ from seq_len (16) so no (batch, hidden) output looks token-aligned
 SMALL = dict(vocab_size=99, num_hidden_layers=1, num_attention_heads=2)
@@ -247,7 +247,7 @@ def test_plain_torch_audit_does_not_import_transformers() -> None:
 
 
 def _batch(ids: object, mask: object) -> object:
-    from pytest_padaudit.batch import PadBatch
+    from pytest_padaudit.core.batch import PadBatch
 
     ids, mask = ids.numpy(), mask.numpy()
     return PadBatch(ids, mask, mask.sum(1), 0)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ...errors import PadAuditError
-from ...hookspecs import hookimpl
+from ...core.errors import PadAuditError
+from ...core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ...handle import ModelHandle
-    from ...options import AuditOptions
+    from ...core.handle import ModelHandle
+    from ...core.options import AuditOptions
 
 
 def nnx_module_class() -> type | None:

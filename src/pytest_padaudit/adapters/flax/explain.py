@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from flax import nnx
 
-from ...handle import ROOT, Table
-from ...options import AuditOptions
+from ...core.handle import ROOT, Table
+from ...core.options import AuditOptions
 from . import optim
 
 if TYPE_CHECKING:

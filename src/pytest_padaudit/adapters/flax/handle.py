@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ...batch import LossPlan, PadBatch
-from ...errors import PadAuditError
-from ...handle import ROOT, OptimizerInfo, Table, Trace, output_leaves
-from ...options import AuditOptions
+from ...core.batch import LossPlan, PadBatch
+from ...core.errors import PadAuditError
+from ...core.handle import ROOT, OptimizerInfo, Table, Trace, output_leaves
+from ...core.options import AuditOptions
 from . import explain as words
 from . import optim
 from .state import Snapshot, copy_of, flat, restore, take, unflat

@@ -15,7 +15,7 @@ from typing import Any
 
 from flax import nnx
 
-from ...errors import PadAuditError
+from ...core.errors import PadAuditError
 from .state import flat, unflat
 
 HINT = (

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ...errors import PadAuditError
-from ...handle import ROOT, Table
+from ...core.errors import PadAuditError
+from ...core.handle import ROOT, Table
 
 
 def path_str(path: tuple[Any, ...]) -> str:
@@ -219,7 +219,7 @@ def _keep_ids(rec: Recorder, path: str, inputs: Any) -> None:
 
 def floats(values: Any) -> list[np.ndarray]:
     """Return the concrete floating-point arrays in ``values`` (tracers are skipped)."""
-    from ...handle import output_leaves
+    from ...core.handle import output_leaves
 
     leaves = output_leaves(values, lambda x: isinstance(x, (jax.Array, np.ndarray)))
     return [

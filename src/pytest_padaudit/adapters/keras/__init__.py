@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ...hookspecs import hookimpl
+from ...core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ...handle import ModelHandle
-    from ...options import AuditOptions
+    from ...core.handle import ModelHandle
+    from ...core.options import AuditOptions
 
 #: Modules one of which is imported whenever a Keras model exists.
 KERAS_MODULES = ("keras", "tf_keras")

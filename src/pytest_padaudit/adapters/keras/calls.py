@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ...handle import output_leaves
+from ...core.handle import output_leaves
 from .backends.base import Backend
 
 _MISSING = object()

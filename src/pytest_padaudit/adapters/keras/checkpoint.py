@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import PadAuditError
+from ...core.errors import PadAuditError
 
 
 def h5_arrays(source: Path | io.BytesIO) -> dict[str, np.ndarray]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ... import explain as words
-from ...handle import Table
-from ...options import AuditOptions
+from ...core import explain as words
+from ...core.handle import Table
+from ...core.options import AuditOptions
 from .mask_flow import mask_flow
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ...batch import PadBatch
-from ...errors import PadAuditError
+from ...core.batch import PadBatch
+from ...core.errors import PadAuditError
 from .backends.base import Backend
 
 #: input names, by role: the token ids, the padding mask (True at real tokens), segments.

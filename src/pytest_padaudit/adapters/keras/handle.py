@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ...batch import LossPlan, PadBatch
-from ...errors import PadAuditError
-from ...handle import ROOT, OptimizerInfo, Table, Trace
-from ...options import AuditOptions
+from ...core.batch import LossPlan, PadBatch
+from ...core.errors import PadAuditError
+from ...core.handle import ROOT, OptimizerInfo, Table, Trace
+from ...core.options import AuditOptions
 from . import explain as keras_words
 from .backends import backend_for
 from .calls import (

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ...errors import PadAuditError
-from ...handle import Table
+from ...core.errors import PadAuditError
+from ...core.handle import Table
 from .backends.base import Backend
 from .calls import recorded_calls
 

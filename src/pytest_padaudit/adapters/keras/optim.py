@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ...stepping import ELEMENTWISE as STEPPED_ALONE
+from ...core.stepping import ELEMENTWISE as STEPPED_ALONE
 from .backends.base import Backend
 
 #: optimizer classes (by name, in keras.optimizers) that update element by element.

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ...errors import PadAuditError
+from ...core.errors import PadAuditError
 
 
 def saved_losses(layers: Sequence[Any]) -> list[tuple[Any, Any]]:

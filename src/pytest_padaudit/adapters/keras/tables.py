@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import PadAuditError
-from ...handle import Table
+from ...core.errors import PadAuditError
+from ...core.handle import Table
 from .backends.base import Backend
 from .feed import PadIds, backbone_token_table
 

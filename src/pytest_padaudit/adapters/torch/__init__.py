@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ...hookspecs import hookimpl
+from ...core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ...handle import ModelHandle
-    from ...options import AuditOptions
+    from ...core.handle import ModelHandle
+    from ...core.options import AuditOptions
 
 
 class TorchAdapter:

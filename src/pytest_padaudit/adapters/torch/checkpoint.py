@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ...errors import PadAuditError
+from ...core.errors import PadAuditError
 
 
 def torch_installed() -> bool:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...batch import LossPlan, PadBatch
-from ...errors import PadAuditError
-from ...handle import OptimizerInfo, Table
-from ...options import AuditOptions
+from ...core.batch import LossPlan, PadBatch
+from ...core.errors import PadAuditError
+from ...core.handle import OptimizerInfo, Table
+from ...core.options import AuditOptions
 from .handle import TorchHandle
 from .optim import build_optimizer
 from .state import floating_tensors, to_numpy

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ... import explain as words
-from ...handle import Table, pad_source
+from ...core import explain as words
+from ...core.handle import Table, pad_source
 
 if TYPE_CHECKING:
     from .handle import TorchHandle

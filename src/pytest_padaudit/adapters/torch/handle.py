@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ...batch import LossPlan, PadBatch
-from ...errors import PadAuditError
-from ...handle import ROOT, OptimizerInfo, Table, Trace, pad_for
-from ...options import AuditOptions
+from ...core.batch import LossPlan, PadBatch
+from ...core.errors import PadAuditError
+from ...core.handle import ROOT, OptimizerInfo, Table, Trace, pad_for
+from ...core.options import AuditOptions
 from .explain import CONSTANT_LOSS, EXPLAIN
 from .noise import noise_at_pads
 from .optim import PadRowStepper, carried_optimizer, pad_row_grad

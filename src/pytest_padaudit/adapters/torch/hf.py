@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import PadAuditError
-from ...handle import ROOT, Table, pad_source
-from ...options import AuditOptions
+from ...core.errors import PadAuditError
+from ...core.handle import ROOT, Table, pad_source
+from ...core.options import AuditOptions
 from .handle import _TABLES, TorchBatch, TorchHandle
 from .tables import uncompiled
 

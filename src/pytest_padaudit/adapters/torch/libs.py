@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...batch import PadBatch
-from ...handle import OptimizerInfo, Table, Trace
-from ...options import AuditOptions
+from ...core.batch import PadBatch
+from ...core.handle import OptimizerInfo, Table, Trace
+from ...core.options import AuditOptions
 from .handle import TorchBatch, TorchHandle
 from .hf import HFHandle, is_hf_model
 from .noise import noise_at_pads
@@ -382,7 +382,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
 
 def _call(handle: HFHandle, features: dict[str, Any], batch: TorchBatch) -> Any:
-    from ...errors import PadAuditError
+    from ...core.errors import PadAuditError
 
     try:
         return handle.model(features)

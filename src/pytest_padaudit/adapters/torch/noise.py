@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import PadAuditError
-from ...handle import Table
+from ...core.errors import PadAuditError
+from ...core.handle import Table
 
 
 @contextmanager

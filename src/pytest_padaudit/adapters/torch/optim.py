@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import PadAuditError
-from ...stepping import ELEMENTWISE as STEPPED_ALONE
+from ...core.errors import PadAuditError
+from ...core.stepping import ELEMENTWISE as STEPPED_ALONE
 
 #: optimizers whose update of an element depends on that element's gradient and state only.
 ELEMENTWISE = frozenset(

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...batch import PadBatch
-from ...handle import Table, output_leaves
+from ...core.batch import PadBatch
+from ...core.handle import Table, output_leaves
 from .params import is_leaf as _is_leaf
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import PadAuditError
-from ...handle import ROOT, Table
+from ...core.errors import PadAuditError
+from ...core.handle import ROOT, Table
 
 #: the path ``tables()`` gives the model itself.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ....errors import PadAuditError
+from ....core.errors import PadAuditError
 
 if TYPE_CHECKING:
     from .base import Backend

@@ -67,7 +67,7 @@ class AuditOptions:
 
     def reproduce(self) -> str:
         """Return the ``audit(...)`` call that repeats this audit (pasteable)."""
-        from .repro import audit_call
+        from ..render.repro import audit_call
 
         return audit_call(self)
 

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.result import use_renderer
 from .layout import GAP, align, fit_widths, heading, span, wrap
-from .result import use_renderer
 
 if TYPE_CHECKING:
-    from .result import AuditReport
+    from ..core.result import AuditReport
 
 Audit = Mapping[str, Any]
 #: the ``version`` of the JSON report; bump it when a field changes meaning or goes away.

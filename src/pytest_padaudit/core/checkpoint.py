@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import report as _text  # noqa: F401 -- installs the reports' text renderer
+from ..render import report as _text  # noqa: F401 -- installs the reports' text renderer
 from .checkpoint_files import flatten, load
 from .errors import PadAuditError
 from .result import AuditReport, Finding, TableResult

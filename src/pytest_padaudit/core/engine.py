@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import report as _text  # noqa: F401 -- installs the reports' text renderer
+from ..render import report as _text  # noqa: F401 -- installs the reports' text renderer
 from .batch import LossPlan, PadBatch, make_batch
 from .errors import PadAuditError
 from .handle import ModelHandle, OptimizerInfo, Table

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import __version__
+from .. import __version__
 
 if TYPE_CHECKING:
-    from .result import AuditReport
+    from ..core.result import AuditReport
 
 #: the audits an item ran (the plugin appends; the report hooks read).
 REPORTS = pytest.StashKey[list["AuditReport"]]()
@@ -107,7 +107,7 @@ def pytest_runtest_makereport(
     audits = item.stash.get(REPORTS, [])[item.stash.get(_SENT, 0) :]
     if not audits:  # the common case: nothing to attach, and nothing imported
         return (yield)
-    from . import report as render  # rendering loads only when an audit ran
+    from ..render import report as render  # rendering loads only when an audit ran
 
     new = [render.primitives(a.to_dict()) for a in audits]
     item.stash[_SENT] = item.stash.get(_SENT, 0) + len(audits)
@@ -138,14 +138,14 @@ class ReportSession:
         return sorted(self.audits, key=lambda a: str(a.get("test")))
 
     def pytest_sessionfinish(self) -> None:
-        from . import report as render  # rendering loads only when used
+        from ..render import report as render  # rendering loads only when used
 
         audits = self.ordered()
         for target in self.targets:
             if target.kind == "json":
                 data = render.build_json(audits, f"pytest-padaudit {__version__}")
                 self.config.hook.pytest_padaudit_report_json(config=self.config, data=data)
-                from .hooks import plugin_manager
+                from ..core.hooks import plugin_manager
 
                 plugin_manager().hook.padaudit_report_json(config=self.config, data=data)
                 self._write(target, render.dump_json(data))
@@ -168,7 +168,7 @@ class ReportSession:
         self.written.append((f"padaudit {target.kind} report {how} {path}", True))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        from . import report as render  # rendering loads only when used
+        from ..render import report as render  # rendering loads only when used
 
         tr = terminalreporter
         if any(t.kind == "term" for t in self.targets):

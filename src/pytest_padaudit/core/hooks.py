@@ -36,7 +36,7 @@ def plugin_manager() -> pluggy.PluginManager:
     """Return the shared manager, creating it (and loading entry points) on first use."""
     global _manager
     if _manager is None:
-        from .adapters import BUILTIN_ADAPTERS
+        from ..adapters import BUILTIN_ADAPTERS
 
         manager = _Manager("padaudit")
         manager.add_hookspecs(hookspecs)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .adapters.keras.checkpoint import h5_arrays
-from .adapters.torch.checkpoint import torch_installed, torch_load
+from ..adapters.keras.checkpoint import h5_arrays
+from ..adapters.torch.checkpoint import torch_installed, torch_load
 from .errors import PadAuditError
 
 Row = Callable[[int], np.ndarray]

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import PadAuditError
+from ..core.errors import PadAuditError
 
 if TYPE_CHECKING:
-    from .result import AuditReport
+    from ..core.result import AuditReport
 
 #: How the generated items audit a model and keep a report for the item: the plugin hands
 #: its own functions over at configure (the plugin imports this module, never the reverse).
@@ -202,8 +202,8 @@ class ZeroCode:
 
 
 def _model_item(session: pytest.Session, spec: str, search: list[Path]) -> pytest.Item:
-    from .engine import find_handle
-    from .options import AuditOptions, optimizer_options
+    from ..core.engine import find_handle
+    from ..core.options import AuditOptions, optimizer_options
 
     target, options = parse_spec(spec, MODEL_OPTION)
     try:
@@ -265,7 +265,7 @@ class ModelItem(_ZeroCodeItem):
         self.options = options
 
     def runtest(self) -> None:
-        from .engine import find_handle
+        from ..core.engine import find_handle
 
         model = self.obj if find_handle(self.obj) is not None else self.obj()
         if find_handle(model) is None:
@@ -289,7 +289,7 @@ class CheckpointItem(_ZeroCodeItem):
         self.options = options
 
     def runtest(self) -> None:
-        from .checkpoint import audit_checkpoint
+        from ..core.checkpoint import audit_checkpoint
 
         report = audit_checkpoint(self.file, **self.options)
         report.test = self.nodeid  # reported like a model audit (--padaudit-report, JUnit)

@@ -1,72 +1,23 @@
-"""The pytest face of padaudit: options, ini twins, the marker, the fixture.
-
-This module imports no framework and no NumPy: a session that runs no audit pays nothing.
-"""
+"""The marker, the fixture and the run-time hooks that audit a test's models."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..core.errors import PadAuditError, PadLeakError
 from . import zerocode
-from .errors import PadAuditError, PadLeakError
 from .reporting import REPORTS
+from .settings import DEFAULTS, SEED, session_settings
 
 if TYPE_CHECKING:
-    from .result import AuditReport
+    from ..core.result import AuditReport
 
 MARKER = "padaudit"
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One audit option settable for a whole session: ``--padaudit-NAME`` and ini ``padaudit_NAME``.
-
-    ``text`` is the one help text both forms show; ``kind`` says how to read the text
-    form: ``int``, ``float``, ``str`` or ``list`` (commas, spaces or a TOML list).
-    """
-
-    name: str
-    kind: str
-    metavar: str
-    text: str
-
-    @property
-    def flag(self) -> str:
-        return "--padaudit-" + self.name.replace("_", "-")
-
-    @property
-    def ini(self) -> str:
-        return "padaudit_" + self.name
-
-
-SETTINGS = (
-    Setting("seed", "int", "N", "seed of the synthetic batch, loss weights and RNG (default 0)"),
-    Setting("checks", "list", "NAMES", "checks to run: grad,update,invariance (default all)"),
-    Setting("allow", "list", "CAUSES", "finding causes reported as allowed, e.g. tied"),
-    Setting("steps", "int", "N", "optimizer steps of the update check (default 1)"),
-    Setting("seq_len", "int", "N", "columns of the synthetic batch (default 16)"),
-    Setting("batch_size", "int", "N", "sequences in the synthetic batch (default 4)"),
-    Setting("rtol", "float", "X", "relative tolerance of the invariance check (default 1e-4)"),
-    Setting("atol", "float", "X", "tolerance of the grad and update checks (default 0.0)"),
-    Setting("loss", "str", "all|masked", "loss over the outputs: all or masked (default all)"),
-    Setting("padding_side", "str", "right|left", "where the batch pads (default right)"),
-    Setting(
-        "optimizer",
-        "str",
-        "PATH",
-        "optimizer class by dotted path, e.g. 'torch.optim.AdamW(weight_decay=0.1)'",
-    ),
-)
-PRECEDENCE = (
-    "precedence: a padaudit(...) call > @pytest.mark.padaudit > command line > ini; "
-    "--padaudit-seed overrides every audit's seed"
-)
-DEFAULTS = pytest.StashKey[dict[str, Any]]()
-SEED = pytest.StashKey["int | None"]()
 #: the options of an item (defaults and marker merged, validated), resolved once at setup.
 ITEM_OPTIONS = pytest.StashKey[dict[str, Any]]()
 #: the marker's ``model=`` (fixture names), read with the item's options.
@@ -75,34 +26,6 @@ ITEM_MODELS = pytest.StashKey["str | list[str] | tuple[str, ...] | None"]()
 IMPLICIT = pytest.StashKey[bool]()
 CALLED = pytest.StashKey[bool]()
 MODELS = pytest.StashKey[list[tuple[str, object]]]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("padaudit", "pad-row gradient audits (pytest-padaudit)")
-    for s in SETTINGS:
-        text = f"{s.text}; ini {s.ini}"
-        if s.name == "seed":
-            text += ", overridden by this option in every audit"
-        kind = {"int": int, "float": float}.get(s.kind, str)  # argparse says a bad number
-        group.addoption(s.flag, dest=s.ini, type=kind, default=None, metavar=s.metavar, help=text)
-        _addini(parser, s)
-    zerocode.addoption(group)
-
-
-def _addini(parser: pytest.Parser, s: Setting) -> None:
-    """Register the ini twin; numbers also as TOML numbers where pytest takes unions (9.2+)."""
-    text = f"{s.text}; {s.flag}"
-    if s.kind == "list":
-        parser.addini(s.ini, text, type="args")  # a TOML list, or text split as in a shell
-        return
-    kind = {"int": int, "float": float}.get(s.kind)
-    if kind is not None:
-        try:
-            parser.addini(s.ini, text, type=kind | str, default="")
-            return
-        except (AssertionError, TypeError, ValueError):  # an older pytest: text only
-            pass
-    parser.addini(s.ini, text, default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -117,55 +40,14 @@ def pytest_configure(config: pytest.Config) -> None:
     zerocode.configure(config, audit=audit_for, keep=keep_report)
 
 
-def session_settings(config: pytest.Config) -> tuple[dict[str, Any], int | None]:
-    """Read every setting from ini then command line; raise UsageError on a bad value.
-
-    Return the session defaults (command line over ini) and the ``--padaudit-seed``
-    override (None when not given).
-    """
-    defaults: dict[str, Any] = {}
-    seed = None
-    for s in SETTINGS:
-        ini = config.getini(s.ini)
-        if ini not in ("", [], None):
-            defaults[s.name] = _read(s, ini, f"ini option {s.ini} = {ini!r}")
-        given = config.getoption(s.ini, default=None)
-        if given is not None:
-            value = _read(s, given, f"{s.flag}={given}")
-            if s.name == "seed":
-                seed = value
-            else:
-                defaults[s.name] = value
-    return defaults, seed
-
-
-def _read(s: Setting, raw: Any, source: str) -> Any:
-    """Convert one text (or TOML list) value and validate it as the audit option."""
-    from .options import AuditOptions  # options.py imports no framework and no NumPy
-
-    try:
-        if s.kind == "list":
-            items = raw if isinstance(raw, list) else [str(raw)]
-            value: Any = tuple(p for item in items for p in str(item).replace(",", " ").split())
-        else:
-            text = str(raw).strip()
-            value = int(text) if s.kind == "int" else float(text) if s.kind == "float" else text
-        AuditOptions.from_kwargs(**{s.name: value})
-    except ValueError:
-        raise pytest.UsageError(f"{source} is not valid: pass {s.metavar} ({s.text})") from None
-    except PadAuditError as exc:
-        raise pytest.UsageError(f"{source}: {exc}") from None
-    return value
-
-
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     """Declare ``padaudit_report_json`` as a pytest hook; bridge padaudit's own hooks.
 
     Also register ``--padaudit-report`` (reporting.py) here: a ``pytest_plugins`` list
     would make pytest scan every installed distribution's entry points once more.
     """
+    from ..core.hooks import Bridge
     from . import newhooks, reporting  # reporting: --padaudit-report
-    from .hooks import Bridge
 
     pluginmanager.add_hookspecs(newhooks)
     pluginmanager.register(Bridge(), "padaudit-bridge")
@@ -193,7 +75,7 @@ def item_options(item: pytest.Item) -> dict[str, Any]:
     """
     if ITEM_OPTIONS in item.stash:
         return item.stash[ITEM_OPTIONS]
-    from .options import AuditOptions
+    from ..core.options import AuditOptions
 
     marker = _marker_options(item)
     wanted = marker.pop("model", None)
@@ -221,7 +103,7 @@ def _did_you_mean(marker: dict[str, Any]) -> str:
     from dataclasses import fields
     from difflib import get_close_matches
 
-    from .options import AuditOptions
+    from ..core.options import AuditOptions
 
     known = [f.name for f in fields(AuditOptions)]
     guesses = [
@@ -234,8 +116,8 @@ def _did_you_mean(marker: dict[str, Any]) -> str:
 
 def audit_for(item: pytest.Item, model: object, call_options: dict[str, Any]) -> AuditReport:
     """Audit ``model`` for ``item`` (ini < command line < marker < call); keep the report."""
-    from .engine import adapt, audit_handle
-    from .options import AuditOptions
+    from ..core.engine import adapt, audit_handle
+    from ..core.options import AuditOptions
 
     options = {**item_options(item), **call_options}
     options.pop("model", None)
@@ -274,7 +156,7 @@ class Auditor:
     def checkpoint(self, path_or_state: Any, **options: Any) -> AuditReport:
         """Audit saved weights (see ``audit_checkpoint``); reported like a model audit."""
         __tracebackhide__ = True
-        from .checkpoint import audit_checkpoint
+        from ..core.checkpoint import audit_checkpoint
 
         report = audit_checkpoint(path_or_state, **options)
         report.test = self._item.nodeid
@@ -357,7 +239,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
 
 def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
     """Return the model-valued arguments a marked test should have audited."""
-    from .engine import find_handle
+    from ..core.engine import find_handle
 
     funcargs: dict[str, Any] = getattr(item, "funcargs", {})
     own = getattr(getattr(item, "_fixtureinfo", None), "argnames", None) or tuple(funcargs)

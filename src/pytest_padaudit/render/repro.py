@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .options import AuditOptions
+    from ..core.options import AuditOptions
 
 #: public homes of optimizer classes, tried in order for a class's short name.
 _PUBLIC = ("torch.optim", "keras.optimizers", "tf_keras.optimizers")

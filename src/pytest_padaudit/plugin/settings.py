@@ -1,0 +1,128 @@
+"""Session settings: ``--padaudit-*`` options and their ``padaudit_*`` ini twins, read once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ..core.errors import PadAuditError
+from . import zerocode
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One audit option settable for a whole session: ``--padaudit-NAME`` and ini ``padaudit_NAME``.
+
+    ``text`` is the one help text both forms show; ``kind`` says how to read the text
+    form: ``int``, ``float``, ``str`` or ``list`` (commas, spaces or a TOML list).
+    """
+
+    name: str
+    kind: str
+    metavar: str
+    text: str
+
+    @property
+    def flag(self) -> str:
+        return "--padaudit-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "padaudit_" + self.name
+
+
+SETTINGS = (
+    Setting("seed", "int", "N", "seed of the synthetic batch, loss weights and RNG (default 0)"),
+    Setting("checks", "list", "NAMES", "checks to run: grad,update,invariance (default all)"),
+    Setting("allow", "list", "CAUSES", "finding causes reported as allowed, e.g. tied"),
+    Setting("steps", "int", "N", "optimizer steps of the update check (default 1)"),
+    Setting("seq_len", "int", "N", "columns of the synthetic batch (default 16)"),
+    Setting("batch_size", "int", "N", "sequences in the synthetic batch (default 4)"),
+    Setting("rtol", "float", "X", "relative tolerance of the invariance check (default 1e-4)"),
+    Setting("atol", "float", "X", "tolerance of the grad and update checks (default 0.0)"),
+    Setting("loss", "str", "all|masked", "loss over the outputs: all or masked (default all)"),
+    Setting("padding_side", "str", "right|left", "where the batch pads (default right)"),
+    Setting(
+        "optimizer",
+        "str",
+        "PATH",
+        "optimizer class by dotted path, e.g. 'torch.optim.AdamW(weight_decay=0.1)'",
+    ),
+)
+PRECEDENCE = (
+    "precedence: a padaudit(...) call > @pytest.mark.padaudit > command line > ini; "
+    "--padaudit-seed overrides every audit's seed"
+)
+DEFAULTS = pytest.StashKey[dict[str, Any]]()
+SEED = pytest.StashKey["int | None"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("padaudit", "pad-row gradient audits (pytest-padaudit)")
+    for s in SETTINGS:
+        text = f"{s.text}; ini {s.ini}"
+        if s.name == "seed":
+            text += ", overridden by this option in every audit"
+        kind = {"int": int, "float": float}.get(s.kind, str)  # argparse says a bad number
+        group.addoption(s.flag, dest=s.ini, type=kind, default=None, metavar=s.metavar, help=text)
+        _addini(parser, s)
+    zerocode.addoption(group)
+
+
+def _addini(parser: pytest.Parser, s: Setting) -> None:
+    """Register the ini twin; numbers also as TOML numbers where pytest takes unions (9.2+)."""
+    text = f"{s.text}; {s.flag}"
+    if s.kind == "list":
+        parser.addini(s.ini, text, type="args")  # a TOML list, or text split as in a shell
+        return
+    kind = {"int": int, "float": float}.get(s.kind)
+    if kind is not None:
+        try:
+            parser.addini(s.ini, text, type=kind | str, default="")
+            return
+        except (AssertionError, TypeError, ValueError):  # an older pytest: text only
+            pass
+    parser.addini(s.ini, text, default="")
+
+
+def session_settings(config: pytest.Config) -> tuple[dict[str, Any], int | None]:
+    """Read every setting from ini then command line; raise UsageError on a bad value.
+
+    Return the session defaults (command line over ini) and the ``--padaudit-seed``
+    override (None when not given).
+    """
+    defaults: dict[str, Any] = {}
+    seed = None
+    for s in SETTINGS:
+        ini = config.getini(s.ini)
+        if ini not in ("", [], None):
+            defaults[s.name] = _read(s, ini, f"ini option {s.ini} = {ini!r}")
+        given = config.getoption(s.ini, default=None)
+        if given is not None:
+            value = _read(s, given, f"{s.flag}={given}")
+            if s.name == "seed":
+                seed = value
+            else:
+                defaults[s.name] = value
+    return defaults, seed
+
+
+def _read(s: Setting, raw: Any, source: str) -> Any:
+    """Convert one text (or TOML list) value and validate it as the audit option."""
+    from ..core.options import AuditOptions  # options.py imports no framework and no NumPy
+
+    try:
+        if s.kind == "list":
+            items = raw if isinstance(raw, list) else [str(raw)]
+            value: Any = tuple(p for item in items for p in str(item).replace(",", " ").split())
+        else:
+            text = str(raw).strip()
+            value = int(text) if s.kind == "int" else float(text) if s.kind == "float" else text
+        AuditOptions.from_kwargs(**{s.name: value})
+    except ValueError:
+        raise pytest.UsageError(f"{source} is not valid: pass {s.metavar} ({s.text})") from None
+    except PadAuditError as exc:
+        raise pytest.UsageError(f"{source}: {exc}") from None
+    return value

@@ -1,0 +1,1 @@
+"""Reports as text, JSON and Markdown, and reproduction snippets; no pytest here."""
