@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .core.api import AuditKwargs, audit
 from .core.errors import PadAuditError, PadLeakError
 from .core.hooks import hookimpl, register, unregister
 
 if TYPE_CHECKING:
     from .core.checkpoint import audit_checkpoint
-    from .core.engine import audit
     from .core.result import AuditReport, Finding
 
 __all__ = [
+    "AuditKwargs",
     "AuditReport",
     "Finding",
     "PadAuditError",
@@ -30,10 +31,6 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name == "audit":
-        from .core.engine import audit
-
-        return audit
     if name == "audit_checkpoint":
         from .core.checkpoint import audit_checkpoint
 

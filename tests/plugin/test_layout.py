@@ -153,6 +153,7 @@ def test_importing_the_plugin_loads_no_framework() -> None:
     code = (
         "import sys, pytest_padaudit.plugin, pytest_padaudit.plugin.reporting\n"
         "import pytest_padaudit.adapters\n"
+        "from pytest_padaudit import audit, AuditReport, Finding\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         f"{sorted(FRAMEWORKS | {'numpy'} - {'optax'})!r}))"
     )

@@ -244,6 +244,20 @@ def test_bad_report_value_is_a_usage_error(demo: pytest.Pytester) -> None:
     )
 
 
+def test_a_path_after_the_bare_option_stays_a_path(demo: pytest.Pytester) -> None:
+    """``pytest --padaudit-report tests`` reports on the terminal and runs ``tests`` only."""
+    sub = demo.mkdir("tests")
+    (demo.path / "test_report_demo.py").rename(sub / "test_report_demo.py")
+    (demo.path / "padmodels.py").rename(sub / "padmodels.py")
+    demo.makepyfile(test_outside="def test_outside():\n    assert False\n")
+    result = demo.runpytest("--padaudit-report", "tests")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # test_leaky, not a usage error
+    result.assert_outcomes(passed=3, failed=1)  # test_outside was not collected
+    assert section(result)[-1] == "4 tables audited in 3 tests: 1 leaking"
+    result = demo.runpytest("--padaudit-report", "json:r.json", "tests")
+    assert json.loads((demo.path / "r.json").read_text())["summary"]["audits"] == 4
+
+
 def test_md_without_path_appends_to_github_step_summary(
     demo: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

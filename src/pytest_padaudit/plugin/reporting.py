@@ -8,6 +8,7 @@ Workers write nothing. Rendering lives in :mod:`pytest_padaudit.report`.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -57,10 +58,7 @@ def parse_targets(values: Sequence[str], source: str) -> list[Target]:
             continue
         kind, colon, path = value.partition(":")
         if kind not in KINDS or (colon and not path) or (kind == "term" and colon):
-            hint = _HINT
-            if source.startswith("--"):
-                hint += f"; a bare {source} takes the next argument: write {source}=term"
-            raise pytest.UsageError(f"{source}={value!r} is not a padaudit report: {hint}")
+            raise pytest.UsageError(f"{source}={value!r} is not a padaudit report: {_HINT}")
         targets.append(Target(kind, path or None))
     return list(dict.fromkeys(targets))
 
@@ -85,6 +83,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="args",
         default=[],
     )
+
+
+def _report_word(value: str) -> bool:
+    """Say whether ``value`` is a report (term, json, json:PATH, md, md:PATH, none)."""
+    return value == "none" or value.partition(":")[0] in KINDS
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    """Read ``--padaudit-report tests/`` as the terminal report and the path ``tests/``.
+
+    The option's value is optional, so argparse would take the next argument as it.
+    """
+    changed = False
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--padaudit-report" and not _report_word(args[i + 1]):
+            args[i] = "--padaudit-report=term"
+            changed = True
+    if changed:  # conftests are found from the paths: read them again
+        cut = early_config.known_args_namespace.confcutdir
+        early_config.known_args_namespace = parser.parse_known_args(
+            args, namespace=copy.copy(early_config.option)
+        )
+        early_config.known_args_namespace.confcutdir = cut
 
 
 def pytest_configure(config: pytest.Config) -> None:
