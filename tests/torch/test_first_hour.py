@@ -119,7 +119,15 @@ def test_native_toml_numbers_and_lists(suite):
         (
             [],
             "padaudit_seq_len = long",
-            "ERROR: ini option padaudit_seq_len = 'long' is not valid*",
+            "ERROR: ini option padaudit_seq_len = 'long' is not valid: pass an int, "
+            "e.g. padaudit_seq_len = 16",
+        ),
+        (
+            [],
+            "padaudit_steps = 0\npadaudit_rtol = tight",
+            "ERROR: 2 padaudit settings are not valid: ini option padaudit_steps = 0: "
+            "steps=0 is not valid: pass an int >= 1; ini option padaudit_rtol = 'tight' is not "
+            "valid: pass a number, e.g. padaudit_rtol = 1e-4",
         ),
     ],
 )

@@ -23,6 +23,8 @@ class Setting:
     kind: str
     metavar: str
     text: str
+    #: a valid value, shown in the error for a bad one.
+    example: str = ""
 
     @property
     def flag(self) -> str:
@@ -34,14 +36,18 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("seed", "int", "N", "seed of the synthetic batch, loss weights and RNG (default 0)"),
+    Setting(
+        "seed", "int", "N", "seed of the synthetic batch, loss weights and RNG (default 0)", "0"
+    ),
     Setting("checks", "list", "NAMES", "checks to run: grad,update,invariance (default all)"),
     Setting("allow", "list", "CAUSES", "finding causes reported as allowed, e.g. tied"),
-    Setting("steps", "int", "N", "optimizer steps of the update check (default 1)"),
-    Setting("seq_len", "int", "N", "columns of the synthetic batch (default 16)"),
-    Setting("batch_size", "int", "N", "sequences in the synthetic batch (default 4)"),
-    Setting("rtol", "float", "X", "relative tolerance of the invariance check (default 1e-4)"),
-    Setting("atol", "float", "X", "tolerance of the grad and update checks (default 0.0)"),
+    Setting("steps", "int", "N", "optimizer steps of the update check (default 1)", "3"),
+    Setting("seq_len", "int", "N", "columns of the synthetic batch (default 16)", "16"),
+    Setting("batch_size", "int", "N", "sequences in the synthetic batch (default 4)", "4"),
+    Setting(
+        "rtol", "float", "X", "relative tolerance of the invariance check (default 1e-4)", "1e-4"
+    ),
+    Setting("atol", "float", "X", "tolerance of the grad and update checks (default 0.0)", "0.0"),
     Setting("loss", "str", "all|masked", "loss over the outputs: all or masked (default all)"),
     Setting("padding_side", "str", "right|left", "where the batch pads (default right)"),
     Setting(
@@ -91,26 +97,32 @@ def session_settings(config: pytest.Config) -> tuple[dict[str, Any], int | None]
     """Read every setting from ini then command line; raise UsageError on a bad value.
 
     Return the session defaults (command line over ini) and the ``--padaudit-seed``
-    override (None when not given).
+    override (None when not given). Every bad value is named in the one error.
     """
     defaults: dict[str, Any] = {}
-    seed = None
+    errors: list[str] = []
     for s in SETTINGS:
         ini = config.getini(s.ini)
         if ini not in ("", [], None):
-            defaults[s.name] = _read(s, ini, f"ini option {s.ini} = {ini!r}")
+            _read(s, ini, f"ini option {s.ini} = {ini!r}", defaults, errors)
         given = config.getoption(s.ini, default=None)
         if given is not None:
-            value = _read(s, given, f"{s.flag}={given}")
-            if s.name == "seed":
-                seed = value
-            else:
-                defaults[s.name] = value
+            _read(s, given, f"{s.flag}={given}", defaults, errors)
+    if errors:
+        head = "" if len(errors) == 1 else f"{len(errors)} padaudit settings are not valid: "
+        raise pytest.UsageError(head + "; ".join(errors))
+    seed = defaults.pop("seed", None) if config.getoption("padaudit_seed") is not None else None
     return defaults, seed
 
 
-def _read(s: Setting, raw: Any, source: str) -> Any:
-    """Convert one text (or TOML list) value and validate it as the audit option."""
+_KINDS = {"int": "an int", "float": "a number"}  # the kinds whose text can fail to convert
+
+
+def _read(s: Setting, raw: Any, source: str, into: dict[str, Any], errors: list[str]) -> None:
+    """Convert one text (or TOML list) value, validate it as the audit option, keep it.
+
+    A bad value adds its message to ``errors`` instead.
+    """
     from ..core.options import AuditOptions  # options.py imports no framework and no NumPy
 
     try:
@@ -122,7 +134,10 @@ def _read(s: Setting, raw: Any, source: str) -> Any:
             value = int(text) if s.kind == "int" else float(text) if s.kind == "float" else text
         AuditOptions.from_kwargs(**{s.name: value})
     except ValueError:
-        raise pytest.UsageError(f"{source} is not valid: pass {s.metavar} ({s.text})") from None
+        example = s.ini + " = " + s.example if source.startswith("ini") else f"{s.flag}={s.example}"
+        errors.append(f"{source} is not valid: pass {_KINDS[s.kind]}, e.g. {example}")
+        return
     except PadAuditError as exc:
-        raise pytest.UsageError(f"{source}: {exc}") from None
-    return value
+        errors.append(f"{source}: {exc}")
+        return
+    into[s.name] = value
