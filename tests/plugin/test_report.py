@@ -469,6 +469,23 @@ def test_render_table_wraps_long_layers_and_keeps_them_apart_at_80_columns() -> 
     assert statuses.count("leak") >= 1 + 3  # the heading and every row of the leaking audit
 
 
+def test_80_columns_break_layer_paths_only_after_a_dot() -> None:
+    """A tied head's cell and the update cause wrap too, so no identifier is split."""
+    layers = [f"bert.embeddings.{n}_embeddings" for n in ("word", "position", "token_type")]
+    audit = _audit("tests/test_models.py::test_bert_tagger[long-id]", layers[0], leak=True)
+    audit["tables"] = [
+        {**audit["tables"][0], "layer": n, "head_grad": 0.5, "update": 0.1, "update_cause": "tied"}
+        for n in layers
+    ]
+    lines = render.render_table([audit], width=80)
+    assert all(len(line) <= 80 for line, _ in lines), "\n".join(x for x, _ in lines)
+    width = len(lines[1][0].split()[0])
+    layer_lines = [line[2 : 2 + width].strip() for line, _ in lines[2:] if line.startswith("  ")]
+    parts = [p for p in layer_lines if p]
+    assert all(p.endswith(".") or p.endswith("_embeddings") for p in parts), parts
+    assert _layer_cells(lines, width) == layers
+
+
 def test_render_table_keeps_whole_test_ids_at_140_to_180_columns() -> None:
     layer = "encoder.layers.0.attention.self.token_type_embeddings"
     audits = [_audit("tests/test_a.py::test_one", layer, leak=True)]

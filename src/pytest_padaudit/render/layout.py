@@ -22,35 +22,37 @@ def align(rows: Sequence[Sequence[str]], widths: Sequence[int]) -> list[str]:
     return lines
 
 
-def wrap(text: str, width: int) -> list[str]:
-    """Split ``text`` into lines of at most ``width``, breaking after ``. / , : -`` or
-    before ``[`` where possible; nothing is cut away."""
-    if len(text) <= width or width < 1:
-        return [text]
-    pieces, start = [], 0
+def pieces(text: str) -> list[str]:
+    """Split ``text`` after ``. / , : -`` and before ``[``: the parts a line may break between."""
+    parts, start = [], 0
     for i, ch in enumerate(text):
         if ch in _BREAK_AFTER:
-            pieces.append(text[start : i + 1])
+            parts.append(text[start : i + 1])
             start = i + 1
         elif ch == "[" and i > start:
-            pieces.append(text[start:i])
+            parts.append(text[start:i])
             start = i
-    pieces.append(text[start:])
+    parts.append(text[start:])
+    return [p for p in parts if p]
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Split ``text`` into lines of at most ``width`` at its :func:`pieces`; nothing is cut.
+
+    A piece longer than ``width`` (an identifier) stays whole on a line of its own.
+    """
+    if len(text) <= width or width < 1:
+        return [text]
     lines = [""]
-    for piece in filter(None, pieces):
-        while len(piece) > width:  # no break point: split the piece itself
-            room = width - len(lines[-1]) if lines[-1] else width
-            lines[-1] += piece[:room]
-            lines.append("")
-            piece = piece[room:]
-        if len(lines[-1]) + len(piece) > width:
+    for piece in pieces(text):
+        if lines[-1] and len(lines[-1]) + len(piece.rstrip()) > width:
             lines.append("")
         lines[-1] += piece
     return [line.rstrip() for line in lines if line.strip()] or [text]
 
 
 def longest_piece(text: str) -> int:
-    return max(len(p) for p in wrap(text, 1)) if text else 0
+    return max((len(p.rstrip()) for p in pieces(text)), default=0)
 
 
 def heading(head: Sequence[str], widths: Sequence[int]) -> list[str]:

@@ -306,8 +306,8 @@ def render_table(audits: Sequence[Audit], width: int | None = None) -> list[tupl
     return lines
 
 
-#: narrow-table columns that may wrap (layer, update, verdict).
-WRAP = (0, 3, 5)
+#: narrow-table columns that may wrap (layer, grad, update, verdict).
+WRAP = (0, 2, 3, 5)
 
 
 def build_json(audits: Sequence[Audit], generator: str) -> dict[str, Any]:
