@@ -11,9 +11,13 @@ if TYPE_CHECKING:
 class PadAuditError(Exception):
     """An audit could not run: the message says what to pass instead."""
 
+    __module__ = "pytest_padaudit"  # tracebacks name the public path
+
 
 class PadLeakError(AssertionError):
     """An audit ran and found padding leaking into the weights."""
+
+    __module__ = "pytest_padaudit"
 
     def __init__(self, message: str, report: AuditReport) -> None:
         super().__init__(message)
