@@ -32,6 +32,15 @@ def error_of(*args, **kwargs) -> str:
         ({"rtol": 0}, ["rtol=0", "> 0"]),
         ({"padding_side": "top"}, ["padding_side='top'", "'right', 'left'"]),
         ({"allow": ("everything",)}, ["allow=", "tied"]),
+        ({"allow": ("tie",)}, ["allow=('tie',) is not valid (did you mean 'tie' -> 'tied'?)"]),
+        (
+            {"checks": "grad"},
+            ["checks='grad' is a string: pass a tuple of names, checks=('grad',)"],
+        ),
+        (
+            {"chekcs": ("grad",)},
+            ["unknown padaudit option 'chekcs' (did you mean 'chekcs' -> 'checks'?)"],
+        ),
         ({"forward": 3}, ["forward=3", "callable(model, batch)"]),
         ({"pad_idx": 0.0}, ["pad_idx=0.0", "as an int"]),
         ({"padaudit_seed": 1}, ["unknown padaudit option 'padaudit_seed'", "pass one of"]),

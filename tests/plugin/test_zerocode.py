@@ -66,7 +66,7 @@ def test_parse_spec_reads_literals_strings_and_lists() -> None:
         "pad_idx": 0,
         "seq_len": 32,
         "padding_side": "left",
-        "allow": "tied",
+        "allow": ("tied",),  # one name is a tuple of one
         "checks": ("grad", "update"),
     }
     assert parse_spec("pkg.mod:make?allow=('tied',)", "--x")[1] == {"allow": ("tied",)}

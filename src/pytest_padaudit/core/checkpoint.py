@@ -114,7 +114,7 @@ def audit_checkpoint(
 def _allow(allow: str | Iterable[str]) -> tuple[str, ...]:
     from .options import _VALIDATORS
 
-    return _VALIDATORS["allow"](allow)
+    return _VALIDATORS["allow"]((allow,) if isinstance(allow, str) else allow)
 
 
 def _framework(source: object) -> str:

@@ -7,6 +7,7 @@ import importlib
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from difflib import get_close_matches
 from typing import Any
 
 from . import causes
@@ -48,8 +49,8 @@ class AuditOptions:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise PadAuditError(
-                f"unknown padaudit option {', '.join(map(repr, unknown))}: "
-                f"pass one of {', '.join(sorted(known))}"
+                f"unknown padaudit option {', '.join(map(repr, unknown))}"
+                f"{did_you_mean(unknown, known)}: pass one of {', '.join(sorted(known))}"
             )
         values = {name: _VALIDATORS[name](value) for name, value in kwargs.items()}
         if values.get("tokenizer") is not None:
@@ -192,16 +193,32 @@ def _choice(name: str, choices: tuple[str, ...], *, callable_ok: bool = False) -
     return check
 
 
+def did_you_mean(given: Iterable[Any], known: Iterable[str]) -> str:
+    """Return `` (did you mean a -> b?)`` for the given names close to a known one, or ""."""
+    known = list(known)
+    guesses = [
+        f"{g!r} -> {close[0]!r}"
+        for g in given
+        if isinstance(g, str) and (close := get_close_matches(g, known, n=1, cutoff=0.6))
+    ]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+
 def _names(name: str, choices: tuple[str, ...], *, empty_ok: bool) -> Callable:
     def check(value: Any) -> tuple[str, ...]:
-        items = (value,) if isinstance(value, str) else value
-        if not isinstance(items, Iterable) or isinstance(items, Mapping):
+        if isinstance(value, str):
+            raise PadAuditError(
+                f"{name}={value!r} is a string: pass a tuple of names, {name}=({value!r},)"
+                + did_you_mean([value], () if value in choices else choices)
+            )
+        if not isinstance(value, Iterable) or isinstance(value, Mapping):
             raise PadAuditError(f"{name}={value!r} is not valid: pass a tuple of names")
-        items = tuple(items)
+        items = tuple(value)
         bad = [v for v in items if v not in choices]
         if bad or (not items and not empty_ok):
             raise PadAuditError(
-                f"{name}={value!r} is not valid: pass names from {', '.join(choices)}"
+                f"{name}={value!r} is not valid{did_you_mean(bad, choices)}: pass names "
+                f"from {', '.join(choices)}"
             )
         return tuple(dict.fromkeys(items))
 

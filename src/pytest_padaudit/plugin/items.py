@@ -91,27 +91,11 @@ def item_options(item: pytest.Item) -> dict[str, Any]:
         AuditOptions.from_kwargs(**marker)
     except PadAuditError as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in marker.items())
-        hint = _did_you_mean(marker)
-        raise PadAuditError(f"@pytest.mark.padaudit({shown}) on {item.name}: {exc}{hint}") from None
+        raise PadAuditError(f"@pytest.mark.padaudit({shown}) on {item.name}: {exc}") from None
     options = {**item.config.stash[DEFAULTS], **marker}
     item.stash[ITEM_OPTIONS] = options
     item.stash[ITEM_MODELS] = wanted
     return options
-
-
-def _did_you_mean(marker: dict[str, Any]) -> str:
-    from dataclasses import fields
-    from difflib import get_close_matches
-
-    from ..core.options import AuditOptions
-
-    known = [f.name for f in fields(AuditOptions)]
-    guesses = [
-        f"{k} -> {close[0]}"
-        for k in marker
-        if k not in known and (close := get_close_matches(k, known, n=1))
-    ]
-    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
 
 
 def audit_for(item: pytest.Item, model: object, call_options: dict[str, Any]) -> AuditReport:

@@ -108,10 +108,17 @@ def parse_spec(text: str, flag: str) -> tuple[str, dict[str, Any]]:
                 f"{flag}={text}: option {pair!r} has no value: write name=value pairs joined "
                 "by &, e.g. ?pad_idx=0&seq_len=32"
             )
-        options[name.strip()] = _value(raw.strip())
+        value = _value(raw.strip())
+        if name.strip() in _NAME_LISTS and isinstance(value, str):  # ?checks=grad
+            value = (value,)
+        options[name.strip()] = value
     if not target.strip():
         raise PadAuditError(f"{flag}={text}: nothing to audit before '?'")
     return target.strip(), options
+
+
+#: options that take a tuple of names; a spec may give one name alone.
+_NAME_LISTS = ("checks", "allow")
 
 
 def _value(raw: str) -> Any:
