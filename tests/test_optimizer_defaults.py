@@ -137,3 +137,32 @@ def test_compiled_keras_model_uses_its_optimizer(keras_model: object) -> None:
     assert keras_model.optimizer is user and int(user.iterations.numpy()) == 0
     assert not user.built  # never stepped, never built: its state is untouched
     np.testing.assert_array_equal(np.asarray(table)[0], row)
+
+
+class LeakyLit(Tagger):
+    """No padding_idx, and a configure_optimizers() that must not be what the shrinker steps."""
+
+    def __init__(self) -> None:
+        super().__init__(padding_idx=None)
+        self.configured = 0
+
+    def configure_optimizers(self) -> object:
+        self.configured += 1
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_shrink_reruns_step_the_audits_optimizer_not_the_models() -> None:
+    built: list[str] = []
+
+    def sgd(params: object) -> torch.optim.Optimizer:
+        built.append("SGD")
+        return torch.optim.SGD(params, lr=0.1)
+
+    model = LeakyLit()
+    report = audit(model, pad_idx=0, optimizer=sgd, checks=("update",))
+    assert [f.check for f in report.leaks] == ["update"]
+    assert report.smallest is not None and report.smallest["runs"] >= 1
+    assert len(built) == 1 + report.smallest["runs"]  # the audit, then each re-run
+    assert model.configured == 0
+    assert report.optimizer == report.smallest["optimizer"] == "SGD"
+    assert "re-runs of the update check, stepping SGD)" in report.failure_message()

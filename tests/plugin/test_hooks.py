@@ -88,3 +88,22 @@ def test_entry_point_group_is_loaded(monkeypatch):
     monkeypatch.setattr(hooks, "_manager", None)
     hooks.plugin_manager()
     assert calls == ["padaudit"]
+
+
+def test_result_hook_sees_one_report_per_audit_after_shrinking(numpy_adapter):
+    class Collect:
+        def __init__(self) -> None:
+            self.reports: list[object] = []
+
+        @pytest_padaudit.hookimpl
+        def padaudit_audit_finished(self, report):
+            self.reports.append((report, report.smallest))
+
+    collect = Collect()
+    pytest_padaudit.register(collect)
+    try:
+        report = audit(NumpyTagger(masked=False), checks=("grad",))
+    finally:
+        pytest_padaudit.unregister(collect)
+    assert report.smallest is not None and report.smallest["runs"] >= 1  # re-runs happened
+    assert collect.reports == [(report, report.smallest)]

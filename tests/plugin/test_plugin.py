@@ -194,6 +194,39 @@ def padaudit_audit_finished(report):
     suite.runpytest().assert_outcomes(passed=1)
 
 
+def test_result_hook_runs_once_for_a_failing_shrunk_audit(suite):
+    suite.makeconftest(
+        MODELS
+        + """
+SEEN = []
+
+def padaudit_audit_finished(report):
+    SEEN.append((report.test, report.smallest is not None, report.passed))
+
+def pytest_sessionfinish(session):
+    print("SEEN", SEEN)
+"""
+    )
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.padaudit(pad_idx=0, optimizer="torch.optim.SGD(lr=0.5)")
+        def test_leak(leaky):
+            pass
+        """
+    )
+    result = suite.runpytest("-s")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*SEEN [[]('test_result_hook_runs_once_for_a_failing_shrunk_audit.py::test_leak', "
+            "True, False)[]]",
+            "*found in * re-runs of the grad check): ids = *",
+        ]
+    )
+
+
 def test_importing_the_plugin_imports_no_framework():
     code = (
         "import sys, pytest_padaudit, pytest_padaudit.plugin, pytest_padaudit.plugin.reporting, "

@@ -188,11 +188,60 @@ def test_item_options_are_resolved_once_into_the_stash(suite):
 
         @pytest.mark.padaudit(steps=2)
         def test_resolved(model, request):
-            expected = {"checks": ("grad",), "seq_len": 6, "steps": 2}
-            assert request.node.stash[ITEM_OPTIONS] == expected
+            opts = request.node.stash[ITEM_OPTIONS]
+            assert (opts.checks, opts.seq_len, opts.steps, opts.batch_size) == (("grad",), 6, 2, 4)
+            assert opts.given == {"checks", "seq_len", "steps"}  # the rest are defaults
         """
     )
     suite.runpytest("--padaudit-checks=grad").assert_outcomes(passed=1)
+
+
+def test_options_are_validated_once_per_item_and_each_model_gets_one_handle(suite):
+    suite.makeconftest(
+        suite.path.joinpath("conftest.py").read_text()
+        + """
+import pytest_padaudit.core.engine as engine
+import pytest_padaudit.core.options as options
+
+COUNTS = {"validated": 0, "handles": 0}
+_validators, _find = dict(options._VALIDATORS), engine.find_handle
+
+
+def _counting(check):
+    def counted(value):
+        COUNTS["validated"] += 1
+        return check(value)
+    return counted
+
+
+options._VALIDATORS.update({k: _counting(v) for k, v in _validators.items()})
+
+
+def _find_counted(model, opts=None):
+    COUNTS["handles"] += 1
+    return _find(model, opts)
+
+
+engine.find_handle = _find_counted
+
+
+def pytest_sessionfinish(session):
+    print("COUNTS", COUNTS["validated"], COUNTS["handles"])
+"""
+    )
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.padaudit(seq_len=6, steps=2)
+        def test_marked(model):
+            pass
+        """
+    )
+    result = suite.runpytest("-s", "--padaudit-checks=grad")
+    result.assert_outcomes(passed=1)
+    # checks once at start-up, seq_len and steps once at setup; one handle for one model
+    result.stdout.fnmatch_lines(["*COUNTS 3 1*"])
 
 
 # -- marker mistakes: early and once -------------------------------------------------------

@@ -52,10 +52,15 @@ def audit(model: object, **options: Any) -> AuditReport:
 
 
 def audit_handle(handle: ModelHandle, opts: AuditOptions, test: str | None = None) -> AuditReport:
-    """Audit through ``handle``; on a failure, attach the smallest batch that still fails."""
+    """Audit through ``handle``; on a failure, attach the smallest batch that still fails.
+
+    The result hook ``padaudit_audit_finished`` sees the finished report once, after the
+    shrink re-runs (which it never sees).
+    """
     report = run_audit(handle, opts, test=test)
     if not report.passed:
         attach_smallest(handle, opts, report, run_audit)
+    plugin_manager().hook.padaudit_audit_finished(report=report)
     return report
 
 
@@ -85,7 +90,7 @@ def run_audit(
     test: str | None = None,
     batch: PadBatch | None = None,
 ) -> AuditReport:
-    """Run the selected checks on ``handle`` inside its preserve() block.
+    """Run the selected checks on ``handle`` inside its preserve() block (no result hook).
 
     ``test`` names the test the audit runs for (the result hook sees it); ``batch``
     replaces the synthetic batch (shrink.py re-runs the checks on smaller ones).
@@ -121,7 +126,6 @@ def run_audit(
             report.invariance = check_invariance(handle, batch, audited, opts, report)
     for finding in report.findings:
         finding.allowed = finding.cause in opts.allow
-    plugin_manager().hook.padaudit_audit_finished(report=report)
     return report
 
 
@@ -188,6 +192,7 @@ def _train_checks(
     head_grads = getattr(handle, "head_grads", None)
     start = handle.read_pad_rows(tables)
     _optimizer_notes(tables, start, optimizer, opts, report)
+    report.optimizer = optimizer.name if optimizer else None
     rows = start
     first: dict[str, Grads] = {}
     peak = {t.path: Grads() for t in tables}

@@ -49,10 +49,11 @@ def padaudit_make_batch(
 
 @hookspec
 def padaudit_audit_finished(report: AuditReport) -> None:
-    """Called with every finished audit, before the plugin judges it: the result hook.
+    """Called once with every finished audit, before the plugin judges it: the result hook.
 
-    :param report: the audit's outcome; ``report.test`` is None here (the plugin sets it
-        after the hook), ``report.options`` and ``report.seed`` say how it ran.
+    :param report: the audit's outcome, its smallest failing batch attached (shrinking
+        re-runs are not audits and never reach this hook); ``report.test`` is the test's
+        node id (None outside pytest), ``report.options`` and ``report.seed`` say how it ran.
 
     Collect reports here, or veto: set ``finding.allowed = True`` to let a finding pass,
     or append a :class:`~pytest_padaudit.Finding` to ``report.findings`` to fail the

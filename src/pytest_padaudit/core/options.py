@@ -6,7 +6,7 @@ import ast
 import importlib
 import numbers
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from difflib import get_close_matches
 from typing import Any
 
@@ -41,21 +41,32 @@ class AuditOptions:
     padding_side: str = "right"
     allow: tuple[str, ...] = ()
     tokenizer: Any = None
+    #: the options set by name (the rest are defaults): what a later layer may override
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> AuditOptions:
         """Validate keyword options and build the record."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
+        return cls().merged(**kwargs)
+
+    def merged(self, **kwargs: Any) -> AuditOptions:
+        """Return this record with ``kwargs`` validated and laid over it (``kwargs`` win).
+
+        Only ``kwargs`` are validated: the record's own values were, when it was built.
+        """
+        unknown = sorted(set(kwargs) - set(OPTION_NAMES))
         if unknown:
+            names = ", ".join(sorted(OPTION_NAMES))
             raise PadAuditError(
                 f"unknown padaudit option {', '.join(map(repr, unknown))}"
-                f"{did_you_mean(unknown, known)}: pass one of {', '.join(sorted(known))}"
+                f"{did_you_mean(unknown, OPTION_NAMES)}: pass one of {names}"
             )
-        values = {name: _VALIDATORS[name](value) for name, value in kwargs.items()}
+        values = {name: getattr(self, name) for name in self.given}
+        values.update((name, _VALIDATORS[name](value)) for name, value in kwargs.items())
+        names = frozenset(values)
         if values.get("tokenizer") is not None:
-            _from_tokenizer(values)
-        return cls(**values)
+            _from_tokenizer(values)  # pad_idx and padding_side follow the tokenizer
+        return type(self)(**values, given=names)
 
     @property
     def extra_columns(self) -> int:
@@ -64,13 +75,17 @@ class AuditOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the options as JSON primitives (callables by their qualified name)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        return {name: _jsonable(getattr(self, name)) for name in OPTION_NAMES}
 
     def reproduce(self) -> str:
         """Return the ``audit(...)`` call that repeats this audit (pasteable)."""
         from ..render.repro import audit_call
 
         return audit_call(self)
+
+
+#: the option names, as ``audit()`` takes them.
+OPTION_NAMES = tuple(f.name for f in fields(AuditOptions) if f.name != "given")
 
 
 def framework_seed(seed: int) -> int:
@@ -341,13 +356,12 @@ def optimizer_options(options: Mapping[str, Any]) -> dict[str, Any]:
     OptimizerClass(AdamW, lr=0.01)}``: names that are no audit option are the optimizer's.
     """
     spec = options.get("optimizer")
-    known = {f.name for f in fields(AuditOptions)}
-    extra = {k: v for k, v in options.items() if k not in known}
+    extra = {k: v for k, v in options.items() if k not in OPTION_NAMES}
     if not isinstance(spec, str) or not extra:
         return dict(options)
     built = _optimizer(spec)
     if not isinstance(built, OptimizerClass):
         return dict(options)
     kwargs = {**built.kwargs, **extra}
-    rest = {k: v for k, v in options.items() if k in known}
+    rest = {k: v for k, v in options.items() if k in OPTION_NAMES}
     return {**rest, "optimizer": OptimizerClass(built.path, built.cls, kwargs)}

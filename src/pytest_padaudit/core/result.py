@@ -95,6 +95,8 @@ class AuditReport:
     smallest: dict[str, Any] | None = None
     #: what the framework runs on, where it has a choice (Keras 3: tensorflow, jax, torch).
     backend: str | None = None
+    #: the optimizer the update check stepped (e.g. "SGD"); None when none stepped.
+    optimizer: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -134,6 +136,7 @@ class AuditReport:
             "invariance": self.invariance.to_dict() if self.invariance else None,
             "notes": list(self.notes),
             "smallest": self.smallest,
+            "optimizer": self.optimizer,
         }
 
     def __str__(self) -> str:

@@ -6,9 +6,8 @@ engine confirms still leak are kept; the search stops after :data:`BUDGET` re-ru
 result lands in ``AuditReport.smallest`` as literal ids, ready for a plain reproduction.
 
 Framework-free: it talks to the model only through the ``rerun`` it is given, the
-engine's ``run_audit`` (so the
-``padaudit_audit_finished`` hook sees each re-run too, with the same ``report.test``, and
-its vetoes count). Re-runs step the default SGD, never the user's optimizer again.
+engine's ``run_audit`` (the result hook sees only the audit, never a re-run). Re-runs
+step the audit's own optimizer (``optimizer=`` as given, or what the model carries).
 """
 
 from __future__ import annotations
@@ -110,11 +109,11 @@ class Shrinker:
         self.rerun = rerun
         self.test = test
         self.target = target
-        # the default SGD: a batch-dependent update leak moves the row under any optimizer,
-        # and the user's optimizer factory is never called again for the search
-        self.opts = dataclasses.replace(opts, checks=(target.check,), optimizer=None)
-        self.swapped = target.check == "update" and opts.optimizer is not None
+        # the audit's own optimizer: each re-run builds a fresh copy of it, as the audit did
+        self.opts = dataclasses.replace(opts, checks=(target.check,))
         self.runs = 0
+        #: the optimizer the re-runs stepped (the update check's), for the report.
+        self.stepped: str | None = None
 
     def fails(self, batch: PadBatch) -> bool:
         """Re-run the failing check on ``batch``; True when the same leak shows again."""
@@ -123,6 +122,7 @@ class Shrinker:
             report = self.rerun(self.handle, self.opts, test=self.test, batch=batch)
         except Exception:  # e.g. a model that needs its own batch size: not a smaller failure
             return False
+        self.stepped = report.optimizer or self.stepped
         same_layer = self.target.check == "invariance"
         return any(
             f.check == self.target.check and (same_layer or f.layer == self.target.layer)
@@ -151,7 +151,7 @@ class Shrinker:
             "real_tokens": real,
             "pads": int(best.ids.size) - real,
             "runs": self.runs,
-            "with": "the default SGD" if self.swapped else None,
+            "optimizer": self.stepped,
             "from_shape": list(batch.shape),
         }
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import dataclasses
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -13,19 +14,22 @@ from .reporting import REPORTS
 from .settings import DEFAULTS, SEED, session_settings
 
 if TYPE_CHECKING:
+    from ..core.handle import ModelHandle
+    from ..core.options import AuditOptions
     from ..core.result import AuditReport
 
 MARKER = "padaudit"
 
 
 #: the options of an item (defaults and marker merged, validated), resolved once at setup.
-ITEM_OPTIONS = pytest.StashKey[dict[str, Any]]()
+ITEM_OPTIONS = pytest.StashKey["AuditOptions"]()
 #: the marker's ``model=`` (fixture names), read with the item's options.
 ITEM_MODELS = pytest.StashKey["str | list[str] | tuple[str, ...] | None"]()
 #: the item uses the ``padaudit`` fixture but carries no marker of its own.
 IMPLICIT = pytest.StashKey[bool]()
 CALLED = pytest.StashKey[bool]()
-MODELS = pytest.StashKey[list[tuple[str, object]]]()
+#: the marked test's models, each with the handle built for it with the item's options.
+MODELS = pytest.StashKey["list[tuple[str, object, ModelHandle]]"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,15 +72,13 @@ def _marker_options(item: pytest.Item) -> dict[str, Any]:
     return options
 
 
-def item_options(item: pytest.Item) -> dict[str, Any]:
+def item_options(item: pytest.Item) -> AuditOptions:
     """Return the item's audit options (session defaults < marker), resolved once.
 
     Raise :class:`PadAuditError` naming the marker when a marker keyword is not valid.
     """
     if ITEM_OPTIONS in item.stash:
         return item.stash[ITEM_OPTIONS]
-    from ..core.options import AuditOptions
-
     marker = _marker_options(item)
     wanted = marker.pop("model", None)
     if wanted is not None and not (
@@ -88,29 +90,36 @@ def item_options(item: pytest.Item) -> dict[str, Any]:
             "fixture the test requests, or a list of names"
         )
     try:
-        AuditOptions.from_kwargs(**marker)
+        options = item.config.stash[DEFAULTS].merged(**marker)
     except PadAuditError as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in marker.items())
         raise PadAuditError(f"@pytest.mark.padaudit({shown}) on {item.name}: {exc}") from None
-    options = {**item.config.stash[DEFAULTS], **marker}
     item.stash[ITEM_OPTIONS] = options
     item.stash[ITEM_MODELS] = wanted
     return options
 
 
-def audit_for(item: pytest.Item, model: object, call_options: dict[str, Any]) -> AuditReport:
-    """Audit ``model`` for ``item`` (ini < command line < marker < call); keep the report."""
-    from ..core.engine import adapt, audit_handle
-    from ..core.options import AuditOptions
+def audit_for(
+    item: pytest.Item,
+    model: object,
+    call_options: Mapping[str, Any],
+    handle: ModelHandle | None = None,
+) -> AuditReport:
+    """Audit ``model`` for ``item`` (ini < command line < marker < call); keep the report.
 
-    options = {**item_options(item), **call_options}
-    options.pop("model", None)
+    Only ``call_options`` are validated here (the item's were, at setup). ``handle`` is
+    the one built for ``model`` with the item's options, reused when the call adds none.
+    ``--padaudit-seed`` beats every layer.
+    """
+    from ..core.engine import adapt, audit_handle
+
+    opts = item_options(item)
+    if call_options:
+        opts, handle = opts.merged(**call_options), None
     seed = item.config.stash.get(SEED, None)
     if seed is not None:
-        options["seed"] = seed
-    opts = AuditOptions.from_kwargs(**options)
-    handle = adapt(model, opts)
-    report = audit_handle(handle, opts, test=item.nodeid)
+        opts = dataclasses.replace(opts, seed=seed)
+    report = audit_handle(handle or adapt(model, opts), opts, test=item.nodeid)
     keep_report(item, report)
     return report
 
@@ -213,22 +222,22 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         models = _usage(_marked_models, item)
     failures = [
         report.failure_message()
-        for _, model in models
-        if not (report := audit_for(item, model, {})).passed
+        for _, model, handle in models
+        if not (report := audit_for(item, model, {}, handle)).passed
     ]
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
     return result
 
 
-def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
-    """Return the model-valued arguments a marked test should have audited."""
-    from ..core.engine import find_handle
+def _marked_models(item: pytest.Item) -> list[tuple[str, object, ModelHandle]]:
+    """Return the model-valued arguments a marked test should have audited, with handles."""
+    from ..core.engine import adapt, find_handle
 
     funcargs: dict[str, Any] = getattr(item, "funcargs", {})
     own = getattr(getattr(item, "_fixtureinfo", None), "argnames", None) or tuple(funcargs)
     shown = ", ".join(own) or "none"  # the test's own arguments, not every fixture it pulls
-    item_options(item)  # resolved once per item: reads the marker's model= too
+    opts = item_options(item)  # resolved once per item: reads the marker's model= too
     wanted = item.stash[ITEM_MODELS]
     if wanted is not None:
         names = [wanted] if isinstance(wanted, str) else list(wanted)
@@ -239,8 +248,9 @@ def _marked_models(item: pytest.Item) -> list[tuple[str, object]]:
                 f"argument of {item.name}; its arguments are {shown}. "
                 "Pass model= the name of a fixture the test requests"
             )
-        return [(n, funcargs[n]) for n in names]
-    models = [(n, v) for n, v in funcargs.items() if find_handle(v) is not None]
+        return [(n, funcargs[n], adapt(funcargs[n], opts)) for n in names]
+    found = [(n, v, find_handle(v, opts)) for n, v in funcargs.items()]
+    models = [(n, v, h) for n, v, h in found if h is not None]
     if not models:
         raise PadAuditError(
             f"{item.name} is marked padaudit but none of its arguments is a model "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..core.errors import PadAuditError
 from . import zerocode
+
+if TYPE_CHECKING:
+    from ..core.options import AuditOptions
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ PRECEDENCE = (
     "precedence: a padaudit(...) call > @pytest.mark.padaudit > command line > ini; "
     "--padaudit-seed overrides every audit's seed"
 )
-DEFAULTS = pytest.StashKey[dict[str, Any]]()
+#: the session's options (ini < command line), the record each item's marker lays over.
+DEFAULTS = pytest.StashKey["AuditOptions"]()
 SEED = pytest.StashKey["int | None"]()
 
 
@@ -93,12 +97,15 @@ def _addini(parser: pytest.Parser, s: Setting) -> None:
     parser.addini(s.ini, text, default="")
 
 
-def session_settings(config: pytest.Config) -> tuple[dict[str, Any], int | None]:
+def session_settings(config: pytest.Config) -> tuple[AuditOptions, int | None]:
     """Read every setting from ini then command line; raise UsageError on a bad value.
 
-    Return the session defaults (command line over ini) and the ``--padaudit-seed``
-    override (None when not given). Every bad value is named in the one error.
+    Return the session defaults (command line over ini), validated once into the record
+    every item starts from, and the ``--padaudit-seed`` override (None when not given).
+    Every bad value is named in the one error.
     """
+    from ..core.options import AuditOptions
+
     defaults: dict[str, Any] = {}
     errors: list[str] = []
     for s in SETTINGS:
@@ -112,7 +119,7 @@ def session_settings(config: pytest.Config) -> tuple[dict[str, Any], int | None]
         head = "" if len(errors) == 1 else f"{len(errors)} padaudit settings are not valid: "
         raise pytest.UsageError(head + "; ".join(errors))
     seed = defaults.pop("seed", None) if config.getoption("padaudit_seed") is not None else None
-    return defaults, seed
+    return AuditOptions(**defaults, given=frozenset(defaults)), seed
 
 
 _KINDS = {"int": "an int", "float": "a number"}  # the kinds whose text can fail to convert
@@ -132,7 +139,7 @@ def _read(s: Setting, raw: Any, source: str, into: dict[str, Any], errors: list[
         else:
             text = str(raw).strip()
             value = int(text) if s.kind == "int" else float(text) if s.kind == "float" else text
-        AuditOptions.from_kwargs(**{s.name: value})
+        value = getattr(AuditOptions.from_kwargs(**{s.name: value}), s.name)  # as validated
     except ValueError:
         example = s.ini + " = " + s.example if source.startswith("ini") else f"{s.flag}={s.example}"
         errors.append(f"{source} is not valid: pass {_KINDS[s.kind]}, e.g. {example}")

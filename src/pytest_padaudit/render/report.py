@@ -171,7 +171,8 @@ def smallest_lines(audit: Audit) -> list[str]:
         f"smallest failing batch ({_plural(small['sequences'], 'sequence')}, "
         f"{_plural(small['real_tokens'], 'real token')}, {_plural(small['pads'], 'pad')}; "
         f"found in {small['runs']} re-runs of the {small['check']} check"
-        f"{' with ' + small['with'] if small.get('with') else ''}): ids = {small['ids']}",
+        f"{', stepping ' + small['optimizer'] if small.get('optimizer') else ''}): "
+        f"ids = {small['ids']}",
     ]
     framework, backend = str(audit["framework"]), audit.get("backend")
     code = snippet(framework, small, backend)

@@ -24,10 +24,10 @@ def audit_call(opts: AuditOptions) -> str:
     """Return the ``audit(model, ...)`` call that repeats an audit with ``opts``."""
     default = type(opts)()
     parts = ["model"]
-    for f in fields(opts):
-        value = getattr(opts, f.name)
-        if f.name == "seed" or value != getattr(default, f.name):
-            parts.append(f"{f.name}={expression(value)}")
+    for name in (f.name for f in fields(opts) if f.compare):  # not the bookkeeping ``given``
+        value = getattr(opts, name)
+        if name == "seed" or value != getattr(default, name):
+            parts.append(f"{name}={expression(value)}")
     return f"audit({', '.join(parts)})"
 
 
