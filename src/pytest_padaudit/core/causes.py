@@ -27,8 +27,9 @@ ALL: tuple[Cause, ...] = (
     ),
     Cause(
         "pad_mismatch",
-        "pad_idx= differs from the table's own pad id, so the row the data pads with trains",
-        ("grad", "update"),
+        "pad_idx= (or the batch's pad ids) differs from the table's own pad id, so the row the "
+        "data pads with trains",
+        ("grad", "update", "pipeline"),
     ),
     Cause(
         "weight_reuse",
@@ -49,6 +50,12 @@ ALL: tuple[Cause, ...] = (
         "nonfinite",
         "nan/inf in the pad row's gradient, the outputs, or a saved pad row",
         ("grad", "update", "invariance", "finite"),
+    ),
+    Cause(
+        "labels_at_pads",
+        "the batch's labels at pad positions are not the ignore index (-100), so the loss "
+        "trains on pads",
+        ("pipeline",),
     ),
     Cause("max_norm", "max_norm (or a constraint) rescaled a non-zero pad row", ("update",)),
     Cause("forward", "the forward pass wrote to the embedding weight in place", ("update",)),
