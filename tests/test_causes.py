@@ -27,6 +27,7 @@ EMITTERS = [
     SRC / "core" / "explain.py",
     SRC / "core" / "engine.py",
     SRC / "core" / "checkpoint.py",
+    SRC / "core" / "pipeline.py",
 ]
 CODE = re.compile(r"^[a-z][a-z_]*$")
 
@@ -185,6 +186,15 @@ EMITS: dict[str, Callable[..., object]] = {
     "optimizer": _audit(Tagger, checks=("update",), optimizer=Shaker),
     "invariance": _audit(lambda: MeanPool(masked=False), checks=("invariance",)),
     "not_checked": _audit(FixedWidthDirect, checks=("invariance",)),
+    "labels_at_pads": _audit(
+        Tagger,
+        batch={
+            "input_ids": torch.tensor([[3, 4, 0], [5, 6, 7]]),
+            "attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]]),
+            "labels": torch.tensor([[1, 2, 0], [0, 1, 2]]),  # 0 at the pad, not -100
+        },
+        step=lambda m, b: m(b["input_ids"]).sum(),
+    ),
     "pad_row_nonzero": _checkpoint("pad_row_nonzero"),
     "pad_row_changed": _checkpoint("pad_row_changed"),
 }

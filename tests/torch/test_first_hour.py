@@ -252,7 +252,7 @@ def test_marker_keyword_errors_come_at_setup_once_without_plugin_frames(suite):
         """
         import pytest
 
-        @pytest.mark.padaudit(stesp=3)
+        @pytest.mark.padaudit(setps=3)
         def test_typo(model):
             print("BODY RAN")
 
@@ -270,14 +270,14 @@ def test_marker_keyword_errors_come_at_setup_once_without_plugin_frames(suite):
     out = result.stdout.str()
     assert "BODY RAN" not in out and "MODEL FIXTURE RAN" not in out  # before any fixture
     assert "plugin.py" not in out and "Traceback" not in out and "During handling" not in out
-    typo = "@pytest.mark.padaudit(stesp=3) on test_typo: unknown padaudit option 'stesp'"
+    typo = "@pytest.mark.padaudit(setps=3) on test_typo: unknown padaudit option 'setps'"
     bad = "@pytest.mark.padaudit(checks=('grads',)) on test_bad_value: checks=('grads',) is not"
     none = "test_no_model is marked padaudit but none of its arguments is a model (arguments: "
     none += "tmp_path)"
     for message in (typo, bad, none):
         # said once; the short summary below repeats it whole when CI is set (pytest's own)
         assert _body(out).count(message) == 1, out
-    assert "(did you mean 'stesp' -> 'steps'?)" in out
+    assert "(did you mean 'setps' -> 'steps'?)" in out
     result.stdout.fnmatch_lines(["*ERROR at setup of test_typo*"])
 
 

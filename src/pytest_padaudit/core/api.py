@@ -32,6 +32,9 @@ class AuditKwargs(TypedDict, total=False):
     padding_side: Literal["right", "left"]
     allow: Sequence[str]
     tokenizer: Any
+    batch: Any
+    step: Callable[..., Any] | None
+    widen: Callable[..., Any] | None
 
 
 def audit(model: object, **options: Unpack[AuditKwargs]) -> AuditReport:
@@ -50,7 +53,11 @@ def audit(model: object, **options: Unpack[AuditKwargs]) -> AuditReport:
     (grad, update, invariance), ``steps`` (1), ``optimizer``, ``atol`` (0.0), ``rtol``
     (1e-4), ``extra_pad``, ``padding_side`` ("right"), ``allow`` (causes reported as
     allowed instead of failing), ``tokenizer`` (pad id and side from a Hugging Face
-    tokenizer). Raise :class:`~pytest_padaudit.PadAuditError` on bad input.
+    tokenizer), ``batch`` (your own padded batch: a dict such as a collator's output, or
+    a tensor of ids), ``step=callable(model, batch) -> scalar loss`` (your training step,
+    e.g. ``lambda m, b: m(**b).loss``), ``widen=callable(batch, n)`` (the batch with ``n``
+    more pad columns, for keys padaudit cannot pad itself).
+    Raise :class:`~pytest_padaudit.PadAuditError` on bad input.
     """
     from .engine import audit as run
 

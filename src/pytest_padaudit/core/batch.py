@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,6 +22,14 @@ class PadBatch:
     seed: int = 0
     #: pad columns added on the padding side by :meth:`extended` (0 for the audit batch).
     extra: int = 0
+    #: the user's batch (``batch=`` a Mapping) as arrays by key, else None (ids only).
+    inputs: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
+    #: ``inputs`` widened by n pad columns (pipeline.widened, or the user's ``widen=``).
+    widener: Callable[[int], Mapping[str, np.ndarray]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    #: "synthetic", or "batch=" for the user's own batch.
+    source: str = "synthetic"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -41,7 +49,18 @@ class PadBatch:
             ids, mask = np.hstack([self.ids, pads]), np.hstack([self.mask, none])
         else:
             ids, mask = np.hstack([pads, self.ids]), np.hstack([none, self.mask])
-        return replace(self, ids=ids, mask=mask, extra=self.extra + columns)
+        extra = self.extra + columns
+        if self.widener is None:
+            return replace(self, ids=ids, mask=mask, extra=extra)
+        inputs = self.widener(extra)
+        wide = inputs.get("input_ids")
+        if wide is None or wide.shape != ids.shape or not (wide == ids).all():
+            got = "no input_ids" if wide is None else f"input_ids {list(wide.shape)}"
+            raise PadAuditError(
+                f"widen=(batch, {extra}) returned {got}: return the batch with {extra} more "
+                f"pad columns ({self.pad_idx}) on the {self.padding_side}, shape {list(ids.shape)}"
+            )
+        return replace(self, ids=ids, mask=mask, extra=extra, inputs=inputs)
 
     def real_ids(self) -> np.ndarray:
         """Return the distinct token ids at real positions, sorted."""
@@ -59,9 +78,11 @@ class PadBatch:
     def describe(self) -> str:
         """Return a one-line description for failure messages."""
         b, t = self.shape
+        keys = "" if self.inputs is None else f"keys {', '.join(self.inputs)}, "
+        seed = "from batch=" if self.source != "synthetic" else f"seed {self.seed}"
         return (
-            f"ids {self.ids.dtype}[{b}, {t}], lengths {self.lengths.tolist()}, "
-            f"pad id {self.pad_idx}, {self.padding_side} padding, seed {self.seed}"
+            f"ids {self.ids.dtype}[{b}, {t}], {keys}lengths {self.lengths.tolist()}, "
+            f"pad id {self.pad_idx}, {self.padding_side} padding, {seed}"
         )
 
     def to_dict(self) -> dict[str, object]:

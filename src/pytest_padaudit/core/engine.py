@@ -20,6 +20,7 @@ from .handle import ModelHandle, OptimizerInfo, Table
 from .hooks import plugin_manager
 from .invariance import check_invariance
 from .options import AuditOptions, framework_seed
+from .pipeline import GENERIC_FIXES, blame_the_step, data_findings, user_pad_batch
 from .result import AuditReport, Finding, TableResult
 from .shrink import attach_smallest
 from .tables import (
@@ -58,7 +59,7 @@ def audit_handle(handle: ModelHandle, opts: AuditOptions, test: str | None = Non
     shrink re-runs (which it never sees).
     """
     report = run_audit(handle, opts, test=test)
-    if not report.passed:
+    if not report.passed and opts.batch is None:  # the user's own batch is kept as given
         attach_smallest(handle, opts, report, run_audit)
     plugin_manager().hook.padaudit_audit_finished(report=report)
     return report
@@ -118,12 +119,17 @@ def run_audit(
         if primary.path not in {t.path for t in audited}:  # the guess was no token table
             batch = _batch_for(handle, opts, audited[0], audited)
             report.batch, report.batch_text = batch.to_dict(), batch.describe()
+        if batch.inputs is not None:
+            fixes = getattr(handle, "pipeline_fixes", GENERIC_FIXES)
+            report.findings += data_findings(batch.inputs, batch.pad_idx, audited[0].path, fixes)
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)
         if "invariance" in opts.checks:
             if {"grad", "update"} & set(opts.checks) and callable(getattr(handle, "reset", None)):
                 handle.reset()  # every check measures the model as the user handed it over
             report.invariance = check_invariance(handle, batch, audited, opts, report)
+            if opts.step is not None:
+                blame_the_step(handle, batch, audited, opts, report)
     for finding in report.findings:
         finding.allowed = finding.cause in opts.allow
     return report
@@ -132,8 +138,13 @@ def run_audit(
 def _batch_for(
     handle: ModelHandle, opts: AuditOptions, primary: Table, found: Sequence[Table]
 ) -> PadBatch:
-    """Build the batch from ``primary``'s pad id and rows; keep every pad id out of it."""
+    """Build the batch from ``primary``'s pad id and rows; keep every pad id out of it.
+
+    With ``batch=``, read the user's batch instead (padded with ``primary``'s pad id).
+    """
     check_range(primary, opts)
+    if opts.batch is not None:
+        return user_pad_batch(handle, opts, primary.pad_idx)
     vocab = opts.vocab_size or handle.default_vocab_size() or primary.rows
     if vocab > primary.rows:
         raise PadAuditError(

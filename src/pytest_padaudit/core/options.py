@@ -41,6 +41,10 @@ class AuditOptions:
     padding_side: str = "right"
     allow: tuple[str, ...] = ()
     tokenizer: Any = None
+    #: the user's padded batch (a Mapping of tensors, or a tensor of ids); never compared.
+    batch: Any = field(default=None, compare=False)
+    step: Callable[..., Any] | None = None
+    widen: Callable[..., Any] | None = None
     #: the options set by name (the rest are defaults): what a later layer may override
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -66,6 +70,11 @@ class AuditOptions:
         names = frozenset(values)
         if values.get("tokenizer") is not None:
             _from_tokenizer(values)  # pad_idx and padding_side follow the tokenizer
+        if values.get("step") is not None and values.get("forward") is not None:
+            raise PadAuditError(
+                "step= and forward= both say how to run the model: pass step=callable(model, "
+                "batch) -> scalar loss alone (it replaces forward= and loss=)"
+            )
         return type(self)(**values, given=names)
 
     @property
@@ -75,7 +84,12 @@ class AuditOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the options as JSON primitives (callables by their qualified name)."""
-        return {name: _jsonable(getattr(self, name)) for name in OPTION_NAMES}
+        out = {name: _jsonable(getattr(self, name)) for name in OPTION_NAMES}
+        if isinstance(self.batch, Mapping):  # the user's batch by its keys, not its values
+            out["batch"] = {"keys": sorted(map(str, self.batch))}
+        elif self.batch is not None:
+            out["batch"] = {"keys": ["input_ids"], "shape": list(self.batch.shape)}
+        return out
 
     def reproduce(self) -> str:
         """Return the ``audit(...)`` call that repeats this audit (pasteable)."""
@@ -266,7 +280,26 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "padding_side": _choice("padding_side", PADDING_SIDES),
     "allow": _names("allow", CAUSES, empty_ok=True),
     "tokenizer": _tokenizer,
+    "batch": lambda value: _batch(value),
+    "step": _callable_or_none("step", "a callable(model, batch) -> scalar loss"),
+    "widen": _callable_or_none("widen", "a callable(batch, n) -> the batch with n pad columns"),
 }
+
+
+def _batch(value: Any) -> Any:
+    """Take a Mapping of arrays or an array of ids; the adapter reads what they hold."""
+    if value is None or isinstance(value, Mapping) or hasattr(value, "shape"):
+        return value
+    if isinstance(value, str):
+        raise PadAuditError(
+            f"batch={value!r} is a name: pass the batch itself to audit() and the fixture; "
+            "the marker takes a fixture's name, @pytest.mark.padaudit(batch='train_batch')"
+        )
+    raise PadAuditError(
+        f"batch={type(value).__qualname__} is not a batch: pass the padded inputs the model "
+        "takes, a dict such as tokenizer(texts, padding=True, return_tensors='pt') or "
+        "collator(examples), or a tensor of ids"
+    )
 
 
 # -- optimizers named by a dotted path (zero-code specs, markers, ini) ----------------------

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .batch import PadBatch
 from .errors import PadAuditError
 from .result import Finding
+
+if TYPE_CHECKING:
+    from .handle import ModelHandle
+    from .options import AuditOptions
 
 IDS = "input_ids"
 MASK = "attention_mask"
@@ -44,6 +50,36 @@ class UserBatch:
     @property
     def ids(self) -> np.ndarray:
         return self.inputs[IDS]
+
+
+def user_pad_batch(handle: ModelHandle, opts: AuditOptions, pad: int) -> PadBatch:
+    """Build the audit's batch from ``batch=``, checked before any pass."""
+    read: Callable[[Any], dict[str, np.ndarray]] | None = getattr(handle, "batch_arrays", None)
+    if read is None:
+        raise PadAuditError(
+            f"batch= is not supported for {handle.framework} models yet: drop batch= to "
+            "audit with a synthetic batch"
+        )
+    keyed = isinstance(opts.batch, Mapping)
+    user = read_batch(read(opts.batch), pad, opts.widen if keyed else None)
+    if not keyed:
+        widener = None
+    elif opts.widen is not None:
+        widen = opts.widen
+        widener = lambda n: read(widen(opts.batch, n))  # noqa: E731
+    else:
+        widener = lambda n: widened(user, n, pad)  # noqa: E731
+    return PadBatch(
+        user.ids,
+        user.mask,
+        user.mask.sum(axis=1).astype(np.int64),
+        pad,
+        user.padding_side,
+        opts.seed,
+        inputs=user.inputs if keyed else None,
+        widener=widener,
+        source="batch=",
+    )
 
 
 def read_batch(inputs: Mapping[str, np.ndarray], pad_idx: int, widen: Widen | None) -> UserBatch:
@@ -182,3 +218,48 @@ def _positions(where: np.ndarray) -> str:
     shown = ", ".join(f"({r}, {c})" for r, c in list(zip(rows, cols, strict=True))[:_SHOWN])
     more = len(rows) - _SHOWN
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+#: fixes for handles that name none in their framework's idiom.
+GENERIC_FIXES = {
+    "pad_mismatch": "pad input_ids with the model's pad id (the tokenizer's pad token)",
+    "labels_at_pads": f"set the labels at pad positions to the ignore index {IGNORE_INDEX}",
+}
+
+
+def blame_the_step(
+    handle: ModelHandle, batch: PadBatch, tables: list[Any], opts: AuditOptions, report: Any
+) -> None:
+    """When invariance fails under ``step=``, rerun it with the model's own call.
+
+    If the model, fed the whole batch (its mask too), is invariant, the step is where pads
+    reach the real positions: the finding says so.
+    """
+    from dataclasses import replace
+
+    from .invariance import check_invariance
+
+    found = [f for f in report.findings if f.check == "invariance" and f.cause == "invariance"]
+    if not found or not hasattr(handle, "options"):
+        return
+    scratch = replace(report, findings=[], notes=[])
+    own = handle.options
+    handle.options = replace(own, step=None)
+    try:
+        check_invariance(handle, batch, tables, handle.options, scratch)
+    except PadAuditError:
+        return
+    finally:
+        handle.options = own
+    if any(f.check == "invariance" and not f.allowed for f in scratch.findings):
+        return
+    for finding in found:
+        finding.why = (
+            "your step= lets pad positions reach the real ones: the model itself, called "
+            "with the whole batch (its attention mask too), is invariant on the same batch; "
+            "the step drops or ignores what masks the pads"
+        )
+        finding.fix = (
+            "pass the attention mask (every key of the batch) in the step, e.g. "
+            "step=lambda m, b: m(**b).loss"
+        )

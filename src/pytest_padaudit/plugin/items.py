@@ -25,6 +25,8 @@ MARKER = "padaudit"
 ITEM_OPTIONS = pytest.StashKey["AuditOptions"]()
 #: the marker's ``model=`` (fixture names), read with the item's options.
 ITEM_MODELS = pytest.StashKey["str | list[str] | tuple[str, ...] | None"]()
+#: the marker's ``batch=`` when it names a fixture (the batch is read from it at call time).
+ITEM_BATCH = pytest.StashKey["str | None"]()
 #: the item uses the ``padaudit`` fixture but carries no marker of its own.
 IMPLICIT = pytest.StashKey[bool]()
 CALLED = pytest.StashKey[bool]()
@@ -89,6 +91,13 @@ def item_options(item: pytest.Item) -> AuditOptions:
             f"@pytest.mark.padaudit(model={wanted!r}) on {item.name}: pass the name of a "
             "fixture the test requests, or a list of names"
         )
+    batch = marker.pop("batch") if isinstance(marker.get("batch"), str) else None
+    if batch is not None and batch not in getattr(item, "fixturenames", ()):
+        raise PadAuditError(
+            f"@pytest.mark.padaudit(batch={batch!r}) on {item.name}: {batch!r} is not a "
+            "fixture the test requests: pass the name of a fixture that returns the padded "
+            f"batch, and request it (def {item.name.split('[')[0]}(model, {batch}): ...)"
+        )
     try:
         options = item.config.stash[DEFAULTS].merged(**marker)
     except PadAuditError as exc:
@@ -96,6 +105,7 @@ def item_options(item: pytest.Item) -> AuditOptions:
         raise PadAuditError(f"@pytest.mark.padaudit({shown}) on {item.name}: {exc}") from None
     item.stash[ITEM_OPTIONS] = options
     item.stash[ITEM_MODELS] = wanted
+    item.stash[ITEM_BATCH] = batch
     return options
 
 
@@ -114,6 +124,9 @@ def audit_for(
     from ..core.engine import adapt, audit_handle
 
     opts = item_options(item)
+    named = item.stash.get(ITEM_BATCH, None)
+    if named is not None and "batch" not in call_options:
+        call_options = {**call_options, "batch": getattr(item, "funcargs", {})[named]}
     if call_options:
         opts, handle = opts.merged(**call_options), None
     seed = item.config.stash.get(SEED, None)

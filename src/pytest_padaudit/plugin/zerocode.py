@@ -213,9 +213,12 @@ def _model_item(session: pytest.Session, spec: str, search: list[Path]) -> pytes
     from ..core.options import AuditOptions, optimizer_options
 
     target, options = parse_spec(spec, MODEL_OPTION)
+    for key in _NAMED:  # ?batch=pkg.data:train_batch&step=pkg.train:step
+        if isinstance(options.get(key), str) and ":" in options[key]:
+            options[key] = resolve(options[key], f"{MODEL_OPTION}={spec}: {key}", search)
     try:
         options = optimizer_options(options)  # ?optimizer=torch.optim.AdamW&lr=0.01
-        AuditOptions.from_kwargs(**options)
+        AuditOptions.from_kwargs(**{k: v for k, v in options.items() if k != "batch"})
     except PadAuditError as exc:
         raise PadAuditError(f"{MODEL_OPTION}={spec}: {exc}") from None
     obj = resolve(target, MODEL_OPTION, search)
@@ -230,6 +233,10 @@ def _model_item(session: pytest.Session, spec: str, search: list[Path]) -> pytes
     )
     item.add_marker("padaudit")  # -m padaudit selects every audit
     return item
+
+
+#: options a spec names as MODULE:ATTR (a batch may be a function that returns one).
+_NAMED = ("batch", "step", "widen", "forward", "loss")
 
 
 def _checkpoint_item(session: pytest.Session, spec: str, base: Path) -> pytest.Item:
@@ -281,7 +288,11 @@ class ModelItem(_ZeroCodeItem):
                 f"{type(model).__module__}.{type(model).__qualname__}, not a model padaudit "
                 "can audit: return a torch.nn.Module or a keras.Model holding an embedding"
             )
-        report = self.config.stash[AUDIT](self, model, dict(self.options))
+        options = dict(self.options)
+        batch = options.get("batch")
+        if callable(batch) and not hasattr(batch, "shape"):
+            options["batch"] = batch()  # a function that returns the batch
+        report = self.config.stash[AUDIT](self, model, options)
         self.add_report_section("call", "padaudit", str(report))
         if not report.passed:
             pytest.fail(report.failure_message(), pytrace=False)

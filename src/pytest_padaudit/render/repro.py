@@ -24,9 +24,11 @@ def audit_call(opts: AuditOptions) -> str:
     """Return the ``audit(model, ...)`` call that repeats an audit with ``opts``."""
     default = type(opts)()
     parts = ["model"]
-    for name in (f.name for f in fields(opts) if f.compare):  # not the bookkeeping ``given``
+    for name in (f.name for f in fields(opts) if f.repr):  # not the bookkeeping ``given``
         value = getattr(opts, name)
-        if name == "seed" or value != getattr(default, name):
+        if name == "batch":
+            parts += [] if value is None else ["batch=batch"]  # the test's own batch
+        elif name == "seed" or value != getattr(default, name):
             parts.append(f"{name}={expression(value)}")
     return f"audit({', '.join(parts)})"
 

@@ -19,6 +19,7 @@ from ...core.errors import PadAuditError
 from ...core.handle import ROOT, OptimizerInfo, Table, Trace, pad_for
 from ...core.options import AuditOptions
 from .explain import CONSTANT_LOSS, EXPLAIN
+from .feed import PIPELINE_FIXES, batch_arrays, model_error, step_loss
 from .noise import noise_at_pads
 from .optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .params import is_leaf as _is_leaf
@@ -46,12 +47,16 @@ class TorchBatch:
     pad_idx: int
     padding_side: str
     numpy: PadBatch
+    #: what the model (or ``step=``) is fed: the user's batch as tensors, the synthetic
+    #: batch's keys for ``step=``, or None (the model is called with ``ids``).
+    feed: Any = None
 
 
 class TorchHandle:
     """Audit an ``nn.Module``: ``nn.Embedding`` and ``nn.EmbeddingBag`` tables."""
 
     framework = "torch"
+    pipeline_fixes = PIPELINE_FIXES
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         check_usable(model)
@@ -225,9 +230,17 @@ class TorchHandle:
         return {t.path: to_numpy(_weight(self._layers[t.path])[t.pad_idx]) for t in tables}
 
     # -- passes ----------------------------------------------------------------------
+    def batch_arrays(self, batch: Any) -> dict[str, np.ndarray]:
+        """Return the user's batch as arrays by key (a tensor of ids is ``input_ids``)."""
+        return batch_arrays(batch)
+
+    def step_inputs(self, tb: TorchBatch) -> dict[str, torch.Tensor]:
+        """Return the synthetic batch by key, as ``step=`` receives it."""
+        return {"input_ids": tb.ids, "attention_mask": tb.mask.long()}
+
     def _tensors(self, batch: PadBatch) -> TorchBatch:
         device = self.device
-        return TorchBatch(
+        tb = TorchBatch(
             ids=torch.from_numpy(batch.ids).to(device),
             mask=torch.from_numpy(batch.mask).to(device),
             lengths=torch.from_numpy(batch.lengths),
@@ -235,24 +248,37 @@ class TorchHandle:
             padding_side=batch.padding_side,
             numpy=batch,
         )
+        if batch.inputs is not None:
+            feed = {
+                k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
+                for k, v in batch.inputs.items()
+            }
+            return dataclasses.replace(tb, feed=feed)
+        if self.options.step is not None and batch.source == "synthetic":
+            return dataclasses.replace(tb, feed=self.step_inputs(tb))
+        return tb
 
     def _forward(self, batch: TorchBatch) -> Any:
-        forward = self.options.forward
+        step, forward = self.options.step, self.options.forward
+        feed = batch.feed
         try:
-            return forward(self.model, batch) if forward else self.model(batch.ids)
+            if step is not None:
+                return step(self.model, batch.ids if feed is None else feed)
+            if forward is not None:
+                return forward(self.model, batch)
+            return self.model(batch.ids) if feed is None else self.model(**feed)
         except PadAuditError:
             raise
         except Exception as exc:
-            call = "forward=" if forward else "model(ids)"
-            raise PadAuditError(
-                f"{self.model_class} raised {type(exc).__name__} on the synthetic batch "
-                f"({call} with {batch.numpy.describe()}; ids {batch.ids.dtype} on "
-                f"{batch.ids.device}): {exc}\n  If the model takes other inputs, pass "
-                "forward=lambda model, batch: model(batch.ids, batch.mask) "
-                "(batch has ids, mask, lengths, pad_idx)"
-            ) from exc
+            raise self.model_error(exc, batch) from exc
+
+    def model_error(self, exc: Exception, batch: TorchBatch, call: str = "") -> PadAuditError:
+        """Turn what the model raised into a PadAuditError naming the call and the batch."""
+        return model_error(self.model_class, self.options, exc, batch, call)
 
     def _loss(self, output: Any, batch: TorchBatch, plan: LossPlan) -> torch.Tensor:
+        if self.options.step is not None:
+            return step_loss(output)
         custom = self.options.loss
         if callable(custom):
             value = custom(output, batch)

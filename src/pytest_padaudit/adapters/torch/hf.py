@@ -126,8 +126,15 @@ class HFHandle(TorchHandle):
             kwargs["use_cache"] = False
         return kwargs
 
+    def step_inputs(self, tb: TorchBatch) -> dict[str, Any]:
+        """Return the default inputs, with labels a loss head takes (-100 at pads)."""
+        kwargs = self.inputs(tb)
+        if "labels" in self._params:
+            kwargs["labels"] = synthetic_labels(self.model, tb)
+        return kwargs
+
     def _forward(self, batch: TorchBatch) -> Any:
-        if self.options.forward is not None:
+        if self.options.forward is not None or self.options.step or batch.feed is not None:
             return super()._forward(batch)
         kwargs = self.inputs(batch)
         try:
@@ -255,6 +262,22 @@ class HFHandle(TorchHandle):
             "attention_mask=batch.mask.long(), position_ids=(batch.mask.long().cumsum(-1) "
             "- 1).clamp(min=0)); or pad on the right",
         )
+
+
+def synthetic_labels(model: nn.Module, tb: TorchBatch) -> torch.Tensor:
+    """Return labels of the shape the model's head expects, seeded by the batch.
+
+    Language-model heads get the ids; token classifiers a class per token (its id modulo
+    the classes); sequence classifiers a seeded class per row. Pad positions hold -100,
+    the ignore index, so a wider batch has the same labels at its real positions.
+    """
+    name = type(model).__name__
+    classes = int(getattr(model.config, "num_labels", 2) or 2)
+    if "SequenceClassification" in name:
+        generator = torch.Generator().manual_seed(tb.numpy.seed)
+        return torch.randint(0, classes, (tb.ids.shape[0],), generator=generator).to(tb.ids.device)
+    labels = tb.ids % classes if "TokenClassification" in name else tb.ids.clone()
+    return labels.masked_fill(~tb.mask, -100)
 
 
 def _parameters(model: nn.Module) -> frozenset[str]:
