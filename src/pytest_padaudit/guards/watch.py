@@ -186,12 +186,10 @@ class PadWatch:
         if found:
             lines = []
             for f in found:
-                lines.append(
-                    f"{self.guard}: the first training batch, {f.message} (pad id "
-                    f"{f.pad_idx} of {f.layer})"
-                )
-                lines.append(f"why ({f.cause}): {f.why}")
-                lines.append(f"fix ({f.cause}): {f.fix}")
+                where = f"{f.cause}, first training batch, pad id {f.pad_idx} of {f.layer}"
+                lines.append(f"{self.guard}: in the first training batch, {f.message} ({where})")
+                lines.append(f"why ({where}): {f.why}")
+                lines.append(f"fix ({where}): {f.fix}")
             self._leak("\n".join(lines))
         return found
 
