@@ -15,10 +15,14 @@ class PadAuditError(Exception):
 
 
 class PadLeakError(AssertionError):
-    """An audit ran and found padding leaking into the weights."""
+    """An audit or a training guard found padding leaking into the weights.
+
+    ``report`` is the audit's report; None when a guard (``pytest_padaudit.guards``) saw a
+    pad row move during training, which has no report.
+    """
 
     __module__ = "pytest_padaudit"
 
-    def __init__(self, message: str, report: AuditReport) -> None:
+    def __init__(self, message: str, report: AuditReport | None = None) -> None:
         super().__init__(message)
         self.report = report
