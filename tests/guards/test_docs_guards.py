@@ -17,6 +17,7 @@ SECTION = "## Audit your training pipeline"
 
 def snippets() -> list[str]:
     section = DOC.read_text().split(f"\n{SECTION}\n", 1)[1].split("\n## ", 1)[0]
+    section = section.split("\n### Guards", 1)[1]  # the guards' snippets, after batch='s
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 

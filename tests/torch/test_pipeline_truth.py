@@ -278,3 +278,29 @@ def test_an_audit_with_batch_leaves_the_batch_and_model_as_given(tmp_path: Any) 
     assert all(torch.equal(before[k], batch[k]) for k in before) and set(batch) == set(before)
     assert all(torch.equal(params[n], p) for n, p in model.named_parameters())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_readme_snippet_runs_and_its_assert_could_fail(tmp_path: Any) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    part = readme.split("### Your batch and your training step", 1)[1].split("\n### ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", part, re.S)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md[batch=]", "exec"), namespace)
+    tok = tokenizer(tmp_path)
+    rng = torch.Generator().manual_seed(1)
+    examples = []
+    for text in TEXTS:
+        ids = tok(text)["input_ids"]
+        labels = torch.randint(0, 3, (len(ids),), generator=rng).tolist()
+        examples.append({"input_ids": ids, "labels": labels})
+    namespace["test_the_training_step_keeps_pads_out"](token_classifier(), tok, examples)
+    # the same snippet fails where plain torch finds the leak: labels padded with the pad id
+    batch = collated(tok, label_pad_token_id=0)
+    assert "labels_at_pads" in truth(token_classifier(), own_loss, batch, 0)
+    code = code.replace("(tokenizer)", "(tokenizer, label_pad_token_id=0)")
+    exec(compile(code, "README.md[batch=]", "exec"), namespace)
+    with pytest.raises(AssertionError, match="labels_at_pads"):
+        namespace["test_the_training_step_keeps_pads_out"](token_classifier(), tok, examples)
