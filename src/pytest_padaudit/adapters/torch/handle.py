@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...core.base import BaseHandle
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
 from ...core.handle import ROOT, OptimizerInfo, Table, Trace, pad_for
@@ -23,7 +24,7 @@ from .noise import noise_at_pads
 from .optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .params import is_leaf as _is_leaf
 from .params import weight as _weight
-from .state import can_be_sparse, floating_tensors, reachable_rows, rows_of, to_numpy
+from .state import can_be_sparse, floating_tensors, rows_of, to_numpy
 from .tables import Lookups, check_usable, compiled, uncompiled, untied
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
@@ -48,10 +49,13 @@ class TorchBatch:
     numpy: PadBatch
 
 
-class TorchHandle:
+class TorchHandle(BaseHandle):
     """Audit an ``nn.Module``: ``nn.Embedding`` and ``nn.EmbeddingBag`` tables."""
 
     framework = "torch"
+    can_reset = True
+    has_head_grads = True
+    traces_perturb = True
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         check_usable(model)
@@ -127,9 +131,6 @@ class TorchHandle:
         """Keep the tables that may be audited for preserve(); return ``found``."""
         self._audited = [t for t in found if t.pad_idx is not None and 0 <= t.pad_idx < t.rows]
         return found
-
-    def default_vocab_size(self) -> int | None:
-        return None
 
     @property
     def device(self) -> torch.device:
@@ -238,52 +239,37 @@ class TorchHandle:
 
     def _forward(self, batch: TorchBatch) -> Any:
         forward = self.options.forward
-        try:
-            return forward(self.model, batch) if forward else self.model(batch.ids)
-        except PadAuditError:
-            raise
-        except Exception as exc:
-            call = "forward=" if forward else "model(ids)"
-            raise PadAuditError(
-                f"{self.model_class} raised {type(exc).__name__} on the synthetic batch "
-                f"({call} with {batch.numpy.describe()}; ids {batch.ids.dtype} on "
-                f"{batch.ids.device}): {exc}\n  If the model takes other inputs, pass "
-                "forward=lambda model, batch: model(batch.ids, batch.mask) "
-                "(batch has ids, mask, lengths, pad_idx)"
-            ) from exc
+        return self.call_model(
+            lambda: forward(self.model, batch) if forward else self.model(batch.ids),
+            batch.numpy,
+            "forward=" if forward else "model(ids)",
+            f"ids {batch.ids.dtype} on {batch.ids.device}",
+        )
 
     def _loss(self, output: Any, batch: TorchBatch, plan: LossPlan) -> torch.Tensor:
-        custom = self.options.loss
-        if callable(custom):
-            value = custom(output, batch)
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise PadAuditError(
-                    f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
-                    "that returns a scalar tensor"
-                )
-            if not value.requires_grad:
-                raise PadAuditError(CONSTANT_LOSS)
-            return value.reshape(())
-        tensors = list(floating_tensors(output))
-        if not tensors:
-            raise PadAuditError(
-                f"the output of {self.model_class} ({type(output).__name__}) holds no "
-                "floating-point tensor, so no gradient can reach the embedding (integer "
-                "outputs such as argmax ids have none; a loss= over them cannot backpropagate): "
-                "pass forward= that returns the float scores computed before the integer "
-                "step, e.g. forward=lambda model, batch: model.scores(batch.ids) where "
-                "scores() is your forward() without its final argmax"
-            )
+        return self.seeded_loss(output, batch, plan)
+
+    def _floating(self, output: Any) -> list[torch.Tensor]:
+        return list(floating_tensors(output))
+
+    def _is_scalar(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.numel() == 1
+
+    def _scalar(self, value: torch.Tensor) -> torch.Tensor:
+        if not value.requires_grad:
+            raise PadAuditError(CONSTANT_LOSS)
+        return value.reshape(())
+
+    def _check_outputs(self, tensors: list[torch.Tensor]) -> None:
         if not any(t.requires_grad for t in tensors):
             raise PadAuditError(
                 f"no output of {self.model_class} depends on a trainable parameter: "
                 "unfreeze the model, or pass forward= that runs it with gradients on"
             )
-        total = torch.zeros((), device=tensors[0].device)
-        for index, tensor in enumerate(tensors):
-            weights = torch.from_numpy(np.asarray(plan.weights(index, tuple(tensor.shape))))
-            total = total + (tensor.float() * weights.to(tensor.device)).sum()
-        return total
+
+    def _weighted_sum(self, tensor: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+        weights = torch.from_numpy(np.asarray(weights)).to(tensor.device)
+        return (tensor.float() * weights).sum()
 
     def _backward(self, batch: PadBatch, plan: LossPlan) -> tuple[TorchBatch, Any]:
         for p in self.model.parameters():
@@ -419,28 +405,25 @@ class TorchHandle:
                 module.train()
         yield
 
-    def invariance_pass(
-        self,
-        batch: PadBatch,
-        plan: LossPlan,
-        tables: Sequence[Table],
-        perturb: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Return every parameter's gradient and the FULL outputs (the engine cuts them).
-
-        ``perturb``: replace what the token tables emit at pad positions with seeded noise.
-        """
+    def _invariance_run(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
+    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[torch.Tensor]]:
+        """One quiet backward pass (``perturb``: seeded noise at the pad vectors)."""
         with self._quiet(), noise_at_pads(self._layers, tables, perturb):
             _, output = self._backward(batch, plan)
-        reach = reachable_rows(batch, tables, self._layers)
-        grads = {}
-        for name, param in self.model.named_parameters():
-            grad = param.grad
-            if grad is None:
-                continue
-            rows = reach.get(id(param))
-            grads[name] = to_numpy(grad if rows is None else rows_of(grad, rows))
-        return grads, [to_numpy(t) for t in floating_tensors(output)]
+        grads = [(name, id(p), p.grad) for name, p in self.model.named_parameters()]
+        return grads, list(floating_tensors(output))
+
+    def _table_keys(self, table: Table) -> list[Hashable]:
+        """Return the table's weights (a parametrized table: its originals)."""
+        params = self._layers[table.path].parameters()
+        return [id(w) for w in params if w.dim() and w.shape[0] == table.rows]
+
+    def _rows(self, grad: torch.Tensor, table: Table, rows: np.ndarray) -> np.ndarray:
+        return to_numpy(rows_of(grad, torch.from_numpy(rows).to(grad.device)))
+
+    def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
+        return to_numpy(value)
 
     def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
         """Record each module's full floating inputs and outputs (``perturb``: as above)."""

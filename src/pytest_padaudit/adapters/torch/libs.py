@@ -382,20 +382,13 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
 
 def _call(handle: HFHandle, features: dict[str, Any], batch: TorchBatch) -> Any:
-    from ...core.errors import PadAuditError
-
-    try:
-        return handle.model(features)
-    except PadAuditError:
-        raise
-    except Exception as exc:
-        keys = ", ".join(features)
-        raise PadAuditError(
-            f"{handle.model_class} raised {type(exc).__name__} on the synthetic batch "
-            f"(model({{{keys}}}) with {batch.numpy.describe()}): {exc}\n  If the model "
-            "takes other features, pass forward=lambda model, batch: model({'input_ids': "
-            "batch.ids, 'attention_mask': batch.mask.long(), ...})"
-        ) from exc
+    return handle.call_model(
+        lambda: handle.model(features),
+        batch.numpy,
+        f"model({{{', '.join(features)}}})",
+        advice="forward=lambda model, batch: model({'input_ids': batch.ids, "
+        "'attention_mask': batch.mask.long(), ...})",
+    )
 
 
 __all__ = ["adapt", "is_peft_model", "is_sentence_transformer", "lora_embeddings", "pad_row_grad"]
