@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -24,7 +24,7 @@ from .errors import PadAuditError
 
 if TYPE_CHECKING:
     from .batch import LossPlan, PadBatch
-    from .handle import OptimizerInfo, Table, Trace
+    from .handle import InvarianceRun, OptimizerInfo, Table, Trace
     from .options import AuditOptions
 
 T = TypeVar("T")
@@ -129,6 +129,8 @@ class BaseHandle(ABC):
     )
     #: what a scalar loss is called in the framework ("tensor", "jax.Array").
     array_word: ClassVar[str] = "tensor"
+    #: cause -> ``words(handle, table, options, info)`` -> (code, likely cause, fix).
+    WORDS: ClassVar[Mapping[str, Callable[..., tuple[str, str, str]]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a class whose declared capabilities and methods disagree."""
@@ -179,11 +181,14 @@ class BaseHandle(ABC):
     def trace(self, batch: PadBatch) -> Trace:
         """Run a forward pass recording each module's FULL inputs and outputs."""
 
-    @abstractmethod
     def explain(
         self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
     ) -> tuple[str, str, str]:
-        """Return (cause code, likely cause, fix) in the framework's words."""
+        """Return (cause code, likely cause, fix) in the framework's words (:attr:`WORDS`)."""
+        say = self.WORDS.get(cause)
+        if say is None:  # an event newer than this adapter: say what it was
+            return cause, f"the engine saw {cause!r} on {table.path if table else 'the model'}", ""
+        return say(self, table, options, info)
 
     def default_vocab_size(self) -> int | None:
         """Return the model's vocabulary size when it declares one (else None)."""
@@ -293,12 +298,8 @@ class BaseHandle(ABC):
 
     # -- invariance ------------------------------------------------------------------
     def invariance_pass(
-        self,
-        batch: PadBatch,
-        plan: LossPlan,
-        tables: Sequence[Table],
-        perturb: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None = None
+    ) -> InvarianceRun:
         """Return every parameter's gradient and the FULL floating outputs.
 
         A table's gradient is cut to the rows ``batch.reachable_rows`` names; the engine

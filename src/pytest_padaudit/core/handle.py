@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import numpy as np
 
     from .batch import LossPlan, PadBatch
     from .options import AuditOptions
+
+    #: what ``invariance_pass`` returns: every parameter's gradient (tables: the reachable
+    #: rows) and every floating output, FULL.
+    InvarianceRun: TypeAlias = tuple[dict[str, np.ndarray], list[np.ndarray]]
 
 
 #: the path that names the model itself (its root module/layer), in every framework.
@@ -193,12 +199,8 @@ class ModelHandle(Protocol):
         """Apply one optimizer step with the gradients of the last :meth:`train_pass`."""
 
     def invariance_pass(
-        self,
-        batch: PadBatch,
-        plan: LossPlan,
-        tables: Sequence[Table],
-        perturb: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None = None
+    ) -> InvarianceRun:
         """Run forward and backward without train-only randomness.
 
         The loss is the sum of each floating output times ``plan.weights(index, shape)``

@@ -61,6 +61,7 @@ class FlaxHandle(BaseHandle):
     can_reset = True
     has_head_grads = True
     array_word = "jax.Array"
+    WORDS = words.WORDS
     forward_advice = (
         "forward=lambda model, batch: model(batch.ids, batch.mask) "
         "(batch has ids, mask, lengths, pad_idx, training)"
@@ -336,12 +337,6 @@ class FlaxHandle(BaseHandle):
         with recording(rec):
             self._forward(copy, self._batch(batch, training=False))
         return Trace(owner=self.model_class, entries=[e for e in rec.trace if e[0] != ROOT])
-
-    # -- words -----------------------------------------------------------------------
-    def explain(
-        self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
-    ) -> tuple[str, str, str]:
-        return words.explain(self, cause, table, options, info)
 
 
 def _float_leaves(output: Any) -> list[jax.Array]:

@@ -58,6 +58,7 @@ class KerasHandle(BaseHandle):
     has_head_grads = True
     has_input_table = True
     traces_perturb = True
+    WORDS = keras_words.WORDS
 
     def __init__(self, model: Any, options: AuditOptions, keras: Any) -> None:
         self.model = model
@@ -422,11 +423,6 @@ class KerasHandle(BaseHandle):
         return traced
 
     # -- words -----------------------------------------------------------------------
-    def explain(
-        self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
-    ) -> tuple[str, str, str]:
-        return keras_words.explain(self, cause, table, options, info)
-
     def takes_padding_mask(self) -> bool:
         """Say whether the audit feeds the model a padding mask input (keras-hub style)."""
         return self._roles is not None and any(r == "mask" for r, _ in self._roles.values())

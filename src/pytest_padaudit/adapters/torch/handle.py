@@ -429,6 +429,7 @@ class TorchHandle(BaseHandle):
         """Record each module's full floating inputs and outputs (``perturb``: as above)."""
         trace = Trace(owner=self.model_class)
         names = {module: path for path, module in self.model.named_modules()}
+        modules = list(names)
         tb = self._tensors(batch)
 
         def full(values: Any) -> list[np.ndarray]:
@@ -437,7 +438,11 @@ class TorchHandle(BaseHandle):
         def record(module: nn.Module, args: Any, output: Any) -> None:
             trace.entries.append((names.get(module, "?"), full(args), full(output)))
 
-        hooks = [m.register_forward_hook(record) for m in self.model.modules()]
+        self._hooked_forward(tb, perturb, [m.register_forward_hook(record) for m in modules])
+        return trace
+
+    def _hooked_forward(self, tb: TorchBatch, perturb: int | None, hooks: list[Any]) -> None:
+        """Run one quiet forward pass (``perturb``: pad noise), then remove ``hooks``."""
         try:
             noise = noise_at_pads(self._layers, self._audited, perturb)
             with self._quiet(), torch.no_grad(), noise:
@@ -445,7 +450,6 @@ class TorchHandle(BaseHandle):
         finally:
             for hook in hooks:
                 hook.remove()
-        return trace
 
     # -- words -----------------------------------------------------------------------
     def explain(

@@ -27,7 +27,6 @@ from ...core.handle import OptimizerInfo, Table, Trace
 from ...core.options import AuditOptions
 from .handle import TorchBatch, TorchHandle
 from .hf import HFHandle, is_hf_model
-from .noise import noise_at_pads
 from .optim import build_optimizer, pad_row_grad
 from .state import floating_tensors, to_numpy
 from .tables import uncompiled
@@ -347,13 +346,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
         hooks = [m.register_forward_pre_hook(enter) for m in self.model.modules()]
         hooks += [m.register_forward_hook(leave) for m in self.model.modules()]
-        try:
-            noise = noise_at_pads(self._layers, self._audited, perturb)
-            with self._quiet(), torch.no_grad(), noise:
-                self._forward(tb)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        self._hooked_forward(tb, perturb, hooks)
         return trace
 
     def _from_tokenizer(self) -> bool:
