@@ -121,6 +121,9 @@ def output_leaves(output: Any, is_leaf: Callable[[Any], bool], depth: int = 0) -
 class ModelHandle(Protocol):
     """One model under audit, as a framework adapter sees it.
 
+    The built-in adapters subclass :class:`~.base.BaseHandle`, which implements this
+    protocol and declares the optional members below as class attributes; a third-party
+    handle may implement the protocol directly, and :func:`~.base.capabilities` probes it.
     Optional: ``input_table() -> str | None``, the path of the table the model's inputs
     go through when the model says so (transformers ``get_input_embeddings()``); the
     engine takes the batch's vocabulary and pad id from it before :meth:`lookups`. A
