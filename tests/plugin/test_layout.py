@@ -186,9 +186,27 @@ def test_importing_the_plugin_loads_no_framework() -> None:
 ROLES = {"__init__", "handle", "tables", "state", "optim", "explain", "noise", "checkpoint"}
 
 
-@pytest.mark.parametrize("framework", ["torch", "keras"])
+def _adapters() -> list[str]:
+    return sorted(p.parent.name for p in (PACKAGE / "adapters").glob("*/__init__.py"))
+
+
+def test_every_adapter_is_checked() -> None:
+    assert _adapters() == ["flax", "keras", "torch"]
+
+
+@pytest.mark.parametrize("framework", _adapters())
 def test_each_framework_has_the_same_roles(framework: str) -> None:
     files = {p.stem for p in (PACKAGE / "adapters" / framework).glob("*.py")}
     assert files >= ROLES, sorted(ROLES - files)
-    flax = {p.stem for p in (PACKAGE / "adapters" / "flax").glob("*.py")}
-    assert flax <= ROLES  # the third-party one uses the same names for what it has
+
+
+@pytest.mark.parametrize("framework", _adapters())
+def test_each_handle_subclasses_the_base(framework: str) -> None:
+    """Every ``handle.py`` builds its handle on ``core.base.BaseHandle``."""
+    tree = ast.parse((PACKAGE / "adapters" / framework / "handle.py").read_text())
+    bases = {
+        node.name: [ast.unparse(b) for b in node.bases]
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Handle")
+    }
+    assert bases and all(b == ["BaseHandle"] for b in bases.values()), bases

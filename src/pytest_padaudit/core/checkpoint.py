@@ -118,9 +118,11 @@ def _allow(allow: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def _framework(source: object) -> str:
-    """Name the framework whose words the findings use: keras, torch or numpy."""
+    """Name the framework whose words the findings use: keras, flax, torch or numpy."""
     if isinstance(source, (str, os.PathLike)):
         name = str(source).lower()
+        if name.endswith(".msgpack"):
+            return "flax"
         return "keras" if name.endswith((".keras", ".h5", ".hdf5")) else "torch"
     if isinstance(source, Mapping):
         flat = flatten(source)

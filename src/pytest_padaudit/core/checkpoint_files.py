@@ -2,7 +2,8 @@
 
 PyTorch ``state_dict`` files are read with ``torch.load(weights_only=True)`` (never a full
 unpickle); ``.safetensors`` and Keras ``.weights.h5`` / ``.keras`` files read only the row
-asked for where the format allows it. Frameworks and h5py are imported only when needed.
+asked for where the format allows it; Flax ``.msgpack`` files (``flax.serialization``) are
+read whole. Frameworks and h5py are imported only when needed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters.flax.checkpoint import msgpack_state
 from ..adapters.keras.checkpoint import h5_arrays
 from ..adapters.torch.checkpoint import torch_installed, torch_load
 from .errors import PadAuditError
@@ -47,6 +49,8 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, dict,
         return str(path), *_h5(data)
     if name.endswith((".h5", ".hdf5")):
         return str(path), *_h5(path)
+    if name.endswith(".msgpack"):
+        return str(path), *_readers(flatten(msgpack_state(path)))
     return str(path), *_readers(flatten(torch_load(path)))
 
 

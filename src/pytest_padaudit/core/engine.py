@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..render import report as _text  # noqa: F401 -- installs the reports' text renderer
+from .base import capabilities
 from .batch import LossPlan, PadBatch, make_batch
 from .errors import PadAuditError
 from .handle import ModelHandle, OptimizerInfo, Table
@@ -103,7 +104,7 @@ def run_audit(
         batch = _batch_for(handle, opts, primary, found)
     report = AuditReport(
         framework=handle.framework,
-        backend=getattr(handle, "backend_name", None),
+        backend=capabilities(handle).backend_name,
         model=handle.model_class,
         options=opts.to_dict(),
         seed=opts.seed,
@@ -125,7 +126,7 @@ def run_audit(
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)
         if "invariance" in opts.checks:
-            if {"grad", "update"} & set(opts.checks) and callable(getattr(handle, "reset", None)):
+            if {"grad", "update"} & set(opts.checks) and capabilities(handle).reset:
                 handle.reset()  # every check measures the model as the user handed it over
             report.invariance = check_invariance(handle, batch, audited, opts, report)
             if opts.step is not None:
@@ -200,7 +201,7 @@ def _train_checks(
     """
     plan = LossPlan(batch, "masked" if opts.loss == "masked" else "all", opts.seed)
     optimizer = handle.make_optimizer(tables, opts.optimizer) if "update" in opts.checks else None
-    head_grads = getattr(handle, "head_grads", None)
+    head_grads = handle.head_grads if capabilities(handle).head_grads else None
     start = handle.read_pad_rows(tables)
     _optimizer_notes(tables, start, optimizer, opts, report)
     report.optimizer = optimizer.name if optimizer else None

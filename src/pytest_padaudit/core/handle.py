@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import numpy as np
 
     from .batch import LossPlan, PadBatch
     from .options import AuditOptions
+
+    #: what ``invariance_pass`` returns: every parameter's gradient (tables: the reachable
+    #: rows) and every floating output, FULL.
+    InvarianceRun: TypeAlias = tuple[dict[str, np.ndarray], list[np.ndarray]]
 
 
 #: the path that names the model itself (its root module/layer), in every framework.
@@ -115,6 +121,9 @@ def output_leaves(output: Any, is_leaf: Callable[[Any], bool], depth: int = 0) -
 class ModelHandle(Protocol):
     """One model under audit, as a framework adapter sees it.
 
+    The built-in adapters subclass :class:`~.base.BaseHandle`, which implements this
+    protocol and declares the optional members below as class attributes; a third-party
+    handle may implement the protocol directly, and :func:`~.base.capabilities` probes it.
     Optional: ``input_table() -> str | None``, the path of the table the model's inputs
     go through when the model says so (transformers ``get_input_embeddings()``); the
     engine takes the batch's vocabulary and pad id from it before :meth:`lookups`. A
@@ -193,12 +202,8 @@ class ModelHandle(Protocol):
         """Apply one optimizer step with the gradients of the last :meth:`train_pass`."""
 
     def invariance_pass(
-        self,
-        batch: PadBatch,
-        plan: LossPlan,
-        tables: Sequence[Table],
-        perturb: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None = None
+    ) -> InvarianceRun:
         """Run forward and backward without train-only randomness.
 
         The loss is the sum of each floating output times ``plan.weights(index, shape)``

@@ -17,12 +17,12 @@ values are a ``nonfinite`` finding, never an invariance leak.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .base import capabilities
 from .batch import LossPlan, PadBatch, base_region, grown, guess_axes, real_positions
 from .errors import PadAuditError
 from .handle import ROOT, ModelHandle, Table, Trace
@@ -105,7 +105,7 @@ def _perturbed(
     why: str,
 ) -> InvarianceResult:
     """Measure with noise at the pad vectors (same width); not_checked when impossible."""
-    if not _takes_perturb(handle.invariance_pass):
+    if not capabilities(handle).perturb:
         return _not_checked(batch, report, why, f"the {handle.framework} adapter cannot do it")
     plan_p = LossPlan(batch, "real", opts.seed, axes=dict(plan_a.used))
     try:
@@ -122,7 +122,7 @@ def _perturbed(
     }
 
     def localise() -> tuple[str | None, str, float]:
-        if not _takes_perturb(handle.trace):
+        if not capabilities(handle).trace_perturb:
             return None, "", 0.0
         noisy = handle.trace(batch, perturb=opts.seed)  # type: ignore[call-arg]
         return _localise(handle.trace(batch), noisy, batch, batch, opts.rtol)
@@ -325,13 +325,6 @@ def _numbered(trace: Trace) -> list[tuple[tuple[str, int], list, list]]:
         seen[path] = seen.get(path, 0) + 1
         out.append(((path, seen[path]), inputs, outputs))
     return out
-
-
-def _takes_perturb(method: Callable[..., Any]) -> bool:
-    try:
-        return "perturb" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .base import capabilities
 from .batch import PadBatch
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def attach_smallest(
     targets = [f for f in report.leaks if _depends_on_batch(f)]
     if not targets or not report.batch.get("ids"):
         return
-    if not getattr(handle, "shrinkable", True):  # e.g. a model sharded over a process group
+    if not capabilities(handle).shrinkable:  # e.g. a model sharded over a process group
         report.notes.append(
             f"the failing batch was not shrunk: {handle.model_class} runs collectives, and "
             "re-runs that differ between ranks would not line up"

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .base import capabilities
 from .batch import PadBatch
 from .errors import PadAuditError
 from .handle import ModelHandle, Table, pad_source
@@ -52,8 +53,7 @@ def candidates(handle: ModelHandle, tables: Sequence[Table], opts: AuditOptions)
 def likely_token_table(handle: ModelHandle, found: Sequence[Table]) -> Table:
     """Guess the token table before the probe: the model's input table, else one with a
     pad id of its own, else the largest."""
-    hint = getattr(handle, "input_table", None)
-    path = hint() if callable(hint) else None
+    path = handle.input_table() if capabilities(handle).input_table else None
     for t in found:
         if t.path == path:
             return t
@@ -94,11 +94,10 @@ def token_tables(
     Mark the others skipped in ``report``; report each ``pad_mismatch``.
     """
     results = {r.layer: r for r in report.tables}
-    lookups = getattr(handle, "lookups", None)
-    if lookups is None:  # a handle that cannot tell: every table with a pad id
+    if not capabilities(handle).lookups:  # a handle that cannot tell: every table with a pad id
         audited = [t for t in tables if t.pad_idx is not None]
     else:
-        audited = _classify(lookups(batch), batch, tables, results, report)
+        audited = _classify(handle.lookups(batch), batch, tables, results, report)
     if not audited:
         names = ", ".join(t.path for t in tables if results[t.path].skipped != NOT_TOKEN)
         raise PadAuditError(

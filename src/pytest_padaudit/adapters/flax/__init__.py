@@ -4,6 +4,11 @@ This module is the light hook object. It recognises an ``nnx.Module`` through
 ``sys.modules`` alone, so it imports neither JAX nor Flax unless the model can be one;
 the handle (``handle.py``) and everything that imports JAX load only then.
 
+Roles, as in every framework subpackage: ``handle`` (the ``nnx.Module`` handle), ``tables``
+(finding and instrumenting ``nnx.Embed``), ``state`` (split/merge snapshots), ``optim``
+(optax steps), ``explain`` (causes and fixes in JAX idiom), ``noise`` and ``checkpoint``
+(``.msgpack`` files for ``audit_checkpoint``).
+
 Registered in ``pyproject.toml`` as ``[project.entry-points.padaudit] flax =
 "pytest_padaudit.adapters.flax:ADAPTER"``; ``pytest_padaudit.register(ADAPTER)`` does
 the same by hand. It is deliberately not one of ``BUILTIN_ADAPTERS``.

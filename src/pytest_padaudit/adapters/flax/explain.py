@@ -160,7 +160,8 @@ def _invariance(h: FlaxHandle, t: Table | None, o: AuditOptions, info: Any) -> t
     return "invariance", why, fix
 
 
-_EXPLAIN: dict[str, Callable[..., tuple[str, str, str]]] = {
+#: cause -> words, as :attr:`BaseHandle.WORDS` takes them.
+WORDS: dict[str, Callable[..., tuple[str, str, str]]] = {
     "grad": _grad,
     "tied": _tied,
     "nonfinite": lambda h, t, o, i: (
@@ -174,13 +175,3 @@ _EXPLAIN: dict[str, Callable[..., tuple[str, str, str]]] = {
     "optimizer": _optimizer,
     "invariance": _invariance,
 }
-
-
-def explain(
-    handle: FlaxHandle, cause: str, table: Table | None, options: AuditOptions, info: Any
-) -> tuple[str, str, str]:
-    """Return (cause code, likely cause, fix) for an event the engine saw."""
-    words = _EXPLAIN.get(cause)
-    if words is None:  # an event newer than this adapter: say what it was
-        return cause, f"the engine saw {cause!r} on {table.path if table else 'the model'}", ""
-    return words(handle, table, options, info)

@@ -15,7 +15,7 @@ subtraction, so no float noise.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ...core.base import BaseHandle
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
 from ...core.handle import ROOT, OptimizerInfo, Table, Trace, output_leaves
 from ...core.options import AuditOptions
 from . import explain as words
 from . import optim
+from .noise import noise_at_pads
 from .state import Snapshot, copy_of, flat, restore, take, unflat
 from .tables import Recorder, Site, find_tables, instrument, path_str, recording
 
@@ -52,10 +54,18 @@ class FlaxBatch:
     training: bool
 
 
-class FlaxHandle:
+class FlaxHandle(BaseHandle):
     """Audit an ``nnx.Module``: every ``nnx.Embed`` weight, pad id from ``pad_idx=``."""
 
     framework = "flax"
+    can_reset = True
+    has_head_grads = True
+    array_word = "jax.Array"
+    WORDS = words.WORDS
+    forward_advice = (
+        "forward=lambda model, batch: model(batch.ids, batch.mask) "
+        "(batch has ids, mask, lengths, pad_idx, training)"
+    )
 
     def __init__(self, model: Any, options: AuditOptions) -> None:
         self.model = model
@@ -86,9 +96,6 @@ class FlaxHandle:
                 "per table"
             )
         return found
-
-    def default_vocab_size(self) -> int | None:
-        return None
 
     def module(self, path: str) -> Any:
         """Return the user's module at ``path`` (None when there is none)."""
@@ -153,41 +160,33 @@ class FlaxHandle:
 
     def _forward(self, copy: Any, fb: FlaxBatch) -> Any:
         forward = self.options.forward
-        try:
-            return forward(copy, fb) if forward else copy(fb.ids)
-        except PadAuditError:
-            raise
-        except Exception as exc:
-            call = "forward=" if forward else "model(ids)"
-            raise PadAuditError(
-                f"{self.model_class} raised {type(exc).__name__} on the synthetic batch "
-                f"({call} with {fb.numpy.describe()}; ids int32 jax.Array): {exc}\n  If the "
-                "model takes other inputs, pass forward=lambda model, batch: model(batch.ids, "
-                "batch.mask) (batch has ids, mask, lengths, pad_idx, training)"
-            ) from exc
+        return self.call_model(
+            lambda: forward(copy, fb) if forward else copy(fb.ids),
+            fb.numpy,
+            "forward=" if forward else "model(ids)",
+            "ids int32 jax.Array",
+        )
 
     def _loss(self, output: Any, fb: FlaxBatch, plan: LossPlan) -> jax.Array:
-        custom = self.options.loss
-        if callable(custom):
-            value = custom(output, fb)
-            if not isinstance(value, jax.Array) or value.size != 1:
-                raise PadAuditError(
-                    f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
-                    "that returns a scalar jax.Array"
-                )
-            return jnp.reshape(value, ()).astype(jnp.float32)
-        leaves = _float_leaves(output)
-        if not leaves:
-            raise PadAuditError(
-                f"the output of {self.model_class} ({type(output).__name__}) holds no "
-                "floating-point jax.Array: pass loss=callable(output, batch) returning a scalar"
-            )
-        total = jnp.zeros((), jnp.float32)
-        self.per_token = any(plan.aligned(tuple(leaf.shape)) for leaf in leaves)
-        for index, leaf in enumerate(leaves):
-            weights = plan.weights(index, tuple(leaf.shape))
-            total = total + jnp.sum(leaf.astype(jnp.float32) * weights)
-        return total
+        return self.seeded_loss(output, fb, plan)
+
+    def _floating(self, output: Any) -> list[jax.Array]:
+        return _float_leaves(output)
+
+    def _is_scalar(self, value: Any) -> bool:
+        return isinstance(value, jax.Array) and value.size == 1
+
+    def _scalar(self, value: jax.Array) -> jax.Array:
+        return jnp.reshape(value, ()).astype(jnp.float32)
+
+    def _weighted_sum(self, tensor: jax.Array, weights: np.ndarray) -> jax.Array:
+        return jnp.sum(tensor.astype(jnp.float32) * weights)
+
+    def _loss_weights(self, plan: LossPlan, index: int, tensor: Any, batch: Any) -> Any:
+        """Note whether some output has one entry per token (``per_token``, for words)."""
+        shape = tuple(tensor.shape)
+        self.per_token = (index > 0 and self.per_token) or plan.aligned(shape)
+        return plan.weights(index, shape)
 
     def _grad(self, fn: Callable, argnums: int | tuple[int, ...], *args: Any) -> Any:
         """Return ``jax.value_and_grad(fn, argnums, has_aux=True)(*args)``, run eagerly.
@@ -272,46 +271,40 @@ class FlaxHandle:
             stepper, base, self._sites[t.path].state_path, t.pad_idx
         )
 
-    def invariance_pass(
-        self,
-        batch: PadBatch,
-        plan: LossPlan,
-        tables: Sequence[Table],
-        perturb: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Gradients of every Param (tables: reachable rows only) and the FULL outputs.
+    def _invariance_run(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
+    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[Any]]:
+        """Gradients of every Param and the outputs, train-only randomness off.
 
-        Train-only randomness off (``deterministic=True``); batch norm keeps batch
-        statistics. ``perturb``: the token tables emit seeded noise at pad ids.
+        ``deterministic=True``; batch norm keeps batch statistics. ``perturb``: the token
+        tables emit seeded noise at pad ids.
         """
         snap, params, rest = self._state()
         fb = self._batch(batch, training=False)
         sites = self._sites_for(tables)
         rec = Recorder()
-        if perturb is not None:
-            flat_params = flat(params)
-            for t in tables:
-                table = flat_params.get(sites[t.path].state_path)
-                scale = float(jnp.std(table)) if table is not None else 1.0
-                rec.noise[t.path] = (t.pad_idx, perturb, scale or 1.0)
 
         def fn(params: Any, rest: Any) -> tuple[jax.Array, list]:
             copy = copy_of(snap, params, rest, training=False)
-            if rec.noise:
+            if rec.noise is not None:
                 instrument(copy, sites)
             with recording(rec):
                 output = self._forward(copy, fb)
             return self._loss(output, fb, plan), _float_leaves(output)
 
-        (_, outputs), grads = self._grad(fn, 0, params, rest)
-        reach = {sites[t.path].state_path: t for t in tables}
-        result = {}
-        for path, grad in flat(grads).items():
-            t = reach.get(path)
-            if t is not None:
-                grad = grad[jnp.asarray(batch.reachable_rows(t.rows, t.pad_idx))]
-            result[".".join(map(str, path))] = np.asarray(grad, dtype=np.float32)
-        return result, [np.asarray(o, dtype=np.float32) for o in outputs]
+        with noise_at_pads(rec, tables, perturb):
+            (_, outputs), grads = self._grad(fn, 0, params, rest)
+        named = [(".".join(map(str, path)), path, grad) for path, grad in flat(grads).items()]
+        return named, outputs
+
+    def _table_keys(self, table: Table) -> list[Hashable]:
+        return [self._sites[table.path].state_path]
+
+    def _rows(self, grad: Any, table: Table, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(grad[jnp.asarray(rows)], dtype=np.float32)
+
+    def _to_numpy(self, value: Any) -> np.ndarray:
+        return np.asarray(value, dtype=np.float32)
 
     def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
         """Record the ids each table is looked up with in one eval-mode forward pass."""
@@ -344,12 +337,6 @@ class FlaxHandle:
         with recording(rec):
             self._forward(copy, self._batch(batch, training=False))
         return Trace(owner=self.model_class, entries=[e for e in rec.trace if e[0] != ROOT])
-
-    # -- words -----------------------------------------------------------------------
-    def explain(
-        self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
-    ) -> tuple[str, str, str]:
-        return words.explain(self, cause, table, options, info)
 
 
 def _float_leaves(output: Any) -> list[jax.Array]:

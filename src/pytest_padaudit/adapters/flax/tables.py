@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ...core.base import PadNoise
 from ...core.errors import PadAuditError
 from ...core.handle import ROOT, Table
+from .noise import noisy
 
 
 def path_str(path: tuple[Any, ...]) -> str:
@@ -110,19 +112,18 @@ class Recorder:
     """What instrumented module copies do during one pass.
 
     ``probes``: table path -> the array its lookups read (a separate gradient input, so
-    the lookups' part of the gradient is computed directly). ``noise``: table path ->
-    (pad id, seed, scale): the vectors emitted at pad ids become seeded noise. ``ids``:
+    the lookups' part of the gradient is computed directly). ``noise``: the pass's
+    :class:`PadNoise`: the vectors emitted at pad ids become seeded noise. ``ids``:
     the ids each table was looked up with; ``trace``: (path, inputs, outputs) per module.
     """
 
     probes: dict[str, Any] = field(default_factory=dict)
-    noise: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    noise: PadNoise | None = None
     record_ids: bool = False
     tracing: bool = False
     ids: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
     attended: set[str] = field(default_factory=set)
     trace: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
-    calls: int = 0
 
 
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
@@ -189,12 +190,8 @@ def _embed_call(cls: type, path: str) -> Any:
             finally:
                 if var.get_value() is probe:  # a write by the call itself is kept
                     var.set_value(saved)
-        if path in rec.noise:
-            pad, seed, scale = rec.noise[path]
-            rec.calls += 1
-            rng = np.random.default_rng([seed, rec.calls])
-            noise = jnp.asarray(rng.normal(0.0, scale, size=out.shape), out.dtype)
-            out = jnp.where((jnp.asarray(inputs) == pad)[..., None], noise, out)
+        if rec.noise is not None and path in {t.path for t in rec.noise.tables}:
+            out = noisy(rec.noise, path, inputs, out)
         return out
 
     return __call__

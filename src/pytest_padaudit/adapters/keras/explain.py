@@ -259,7 +259,8 @@ def _invariance_words(
     return "invariance", why, fix
 
 
-_EXPLAIN: dict[str, Callable[[KerasHandle, Any, AuditOptions, Any], tuple[str, str, str]]] = {
+#: cause -> words, as :attr:`BaseHandle.WORDS` takes them.
+WORDS: dict[str, Callable[[KerasHandle, Any, AuditOptions, Any], tuple[str, str, str]]] = {
     "grad": _grad_words,
     "nonfinite": lambda h, t, o, i: (
         "nonfinite",
@@ -277,10 +278,3 @@ _EXPLAIN: dict[str, Callable[[KerasHandle, Any, AuditOptions, Any], tuple[str, s
     "tied": _tied_words,
     "pad_mismatch": _mismatch_words,
 }
-
-
-def explain(
-    handle: KerasHandle, cause: str, table: Table | None, options: AuditOptions, info: Any
-) -> tuple[str, str, str]:
-    """Return (cause code, likely cause, fix) for an event the engine saw."""
-    return _EXPLAIN[cause](handle, table, options, info)

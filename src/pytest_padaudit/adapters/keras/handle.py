@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from ...core.base import BaseHandle
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
 from ...core.handle import ROOT, OptimizerInfo, Table, Trace
@@ -50,8 +51,14 @@ _QUIET = (
 )
 
 
-class KerasHandle:
+class KerasHandle(BaseHandle):
     """Audit a Keras model: every ``Embedding`` (LoRA-enabled ones by their effective row)."""
+
+    can_reset = True
+    has_head_grads = True
+    has_input_table = True
+    traces_perturb = True
+    WORDS = keras_words.WORDS
 
     def __init__(self, model: Any, options: AuditOptions, keras: Any) -> None:
         self.model = model
@@ -109,9 +116,6 @@ class KerasHandle:
                 continue
             rows.append((t.path, self.backend.raw(base_variable(layer)), t.pad_idx))
         return rows
-
-    def default_vocab_size(self) -> int | None:
-        return None
 
     def input_table(self) -> str | None:
         """Return the path of a keras-hub model's token table: the batch draws its ids there.
@@ -176,23 +180,27 @@ class KerasHandle:
 
     def forward(self, kb: KerasBatch) -> Any:
         """Run the model (or ``forward=``) on the batch; wrap its errors in advice."""
+        call = "model(ids)" if self.options.forward is None else "forward="
+        return self.call_model(lambda: self._run(kb), kb.numpy, call)
+
+    def _run(self, kb: KerasBatch) -> Any:
         forward = self.options.forward
-        try:
-            if forward is None and self._feed is not None:
-                numpy = kb.numpy
-                inputs = feed(self.backend, self.model_class, self._feed, numpy.ids, numpy.mask)
-                return self._declared_order(self.model(inputs, training=kb.training))
-            if forward is None:
-                return self._declared_order(self.model(kb.ids, training=kb.training))
-            with training_scope(self.framework, kb.training):
-                return forward(self.model, kb)
-        except PadAuditError:
-            raise
-        except Exception as exc:
-            feeding = self._feed if forward is None else None
-            raise PadAuditError(
-                forward_error(self.model, self.model_class, exc, kb.numpy, forward, feeding)
-            ) from exc
+        if forward is None and self._feed is not None:
+            numpy = kb.numpy
+            inputs = feed(self.backend, self.model_class, self._feed, numpy.ids, numpy.mask)
+            return self._declared_order(self.model(inputs, training=kb.training))
+        if forward is None:
+            return self._declared_order(self.model(kb.ids, training=kb.training))
+        with training_scope(self.framework, kb.training):
+            return forward(self.model, kb)
+
+    def model_error(
+        self, exc: Exception, batch: PadBatch, call: str, ids: str = "", advice: str | None = None
+    ) -> str:
+        """Say what went wrong in Keras words (fixed input lengths, the dict inputs fed)."""
+        forward = self.options.forward
+        feeding = self._feed if forward is None else None
+        return forward_error(self.model, self.model_class, exc, batch, forward, feeding)
 
     def _declared_order(self, output: Any) -> Any:
         """Return a dict output in the order the model declares its outputs.
@@ -213,37 +221,28 @@ class KerasHandle:
 
     def loss(self, output: Any, kb: KerasBatch, plan: LossPlan) -> Any:
         """Return the seeded scalar loss over the outputs (or the ``loss=`` callable's)."""
-        backend = self.backend
-        custom = self.options.loss
-        if callable(custom):
-            value = custom(output, kb)
-            if not backend.is_tensor(value) or backend.size(value) != 1:
-                raise PadAuditError(
-                    f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
-                    "that returns a scalar tensor"
-                )
-            return backend.scalar(value)
-        tensors = list(floating_tensors(output, backend))
-        if not tensors:
-            raise PadAuditError(
-                f"the output of {self.model_class} ({type(output).__name__}) holds no "
-                "floating-point tensor, so no gradient can reach the embedding (integer "
-                "outputs such as argmax ids have none; a loss= over them cannot backpropagate): "
-                "pass forward= that returns the float scores computed before the integer "
-                "step, e.g. forward=lambda model, batch: model.scores(batch.ids) where "
-                "scores() is your forward() without its final argmax"
-            )
-        total = None
-        for index, tensor in enumerate(tensors):
-            mask = keras_mask(tensor)
-            if mask is not None and tuple(mask.shape) == kb.numpy.shape:
-                mask = backend.values(mask)
-            else:
-                mask = None
-            weights = plan.weights(index, tuple(tensor.shape), mask=mask)
-            term = backend.weighted_sum(tensor, weights)
-            total = term if total is None else total + term
-        return total
+        return self.seeded_loss(output, kb, plan)
+
+    def _floating(self, output: Any) -> list[Any]:
+        return list(floating_tensors(output, self.backend))
+
+    def _is_scalar(self, value: Any) -> bool:
+        return self.backend.is_tensor(value) and self.backend.size(value) == 1
+
+    def _scalar(self, value: Any) -> Any:
+        return self.backend.scalar(value)
+
+    def _weighted_sum(self, tensor: Any, weights: np.ndarray) -> Any:
+        return self.backend.weighted_sum(tensor, weights)
+
+    def _loss_weights(self, plan: LossPlan, index: int, tensor: Any, batch: Any) -> Any:
+        """Weigh by the Keras mask the output carries, when it has the batch's shape."""
+        mask = keras_mask(tensor)
+        if mask is not None and tuple(mask.shape) == batch.numpy.shape:
+            mask = self.backend.values(mask)
+        else:
+            mask = None
+        return plan.weights(index, tuple(tensor.shape), mask=mask)
 
     def _require_trainable(self) -> list[Any]:
         variables = _unique(self.model.trainable_variables)
@@ -357,17 +356,10 @@ class KerasHandle:
         self._grads = []
         self._stepper = None
 
-    def invariance_pass(
-        self,
-        batch: PadBatch,
-        plan: LossPlan,
-        tables: Sequence[Table],
-        perturb: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Return every variable's gradient and the FULL outputs (the engine cuts them).
-
-        ``perturb``: replace what the token tables emit at pad positions with seeded noise.
-        """
+    def _invariance_run(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
+    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[Any]]:
+        """One quiet differentiated pass (``perturb``: seeded noise at the pad vectors)."""
         variables = self._require_trainable()
         kb = self.tensors(batch, training=False)
         backend = self.backend
@@ -378,26 +370,18 @@ class KerasHandle:
             return self.loss(output, kb, plan), list(floating_tensors(output, backend))
 
         done = backend.gradients(run, variables)
-        reach = self._reachable_rows(batch, tables)
-        result = {}
-        for name, var, grad in zip(variable_names(variables), variables, done.grads, strict=True):
-            if grad is None:
-                continue
-            rows = reach.get(id(var))
-            result[name] = (
-                backend.select_rows(grad, rows) if rows is not None else backend.dense(grad)
-            )
-        return result, [backend.to_numpy(t) for t in done.aux]
+        names = variable_names(variables)
+        return zip(names, map(id, variables), done.grads, strict=True), list(done.aux)
 
-    def _reachable_rows(self, batch: PadBatch, tables: Sequence[Table]) -> dict[int, np.ndarray]:
-        """Map each audited table's variables to the rows the invariance check compares."""
-        reach = {}
-        for t in tables:
-            rows = batch.reachable_rows(t.rows, t.pad_idx)
-            for var in table_variables(self._layers[t.path]):
-                if var.shape[0] == t.rows:
-                    reach[id(var)] = rows
-        return reach
+    def _table_keys(self, table: Table) -> list[Hashable]:
+        variables = table_variables(self._layers[table.path])
+        return [id(var) for var in variables if var.shape[0] == table.rows]
+
+    def _rows(self, grad: Any, table: Table, rows: np.ndarray) -> np.ndarray:
+        return self.backend.select_rows(grad, rows)
+
+    def _to_numpy(self, value: Any) -> np.ndarray:
+        return self.backend.dense(value)
 
     def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
         """Record each layer's full floating inputs and outputs (``perturb``: as above)."""
@@ -439,11 +423,6 @@ class KerasHandle:
         return traced
 
     # -- words -----------------------------------------------------------------------
-    def explain(
-        self, cause: str, table: Table | None, options: AuditOptions, info: Any = None
-    ) -> tuple[str, str, str]:
-        return keras_words.explain(self, cause, table, options, info)
-
     def takes_padding_mask(self) -> bool:
         """Say whether the audit feeds the model a padding mask input (keras-hub style)."""
         return self._roles is not None and any(r == "mask" for r, _ in self._roles.values())

@@ -16,7 +16,7 @@ The audit runs inside the user's process group, on every rank, with the same see
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +30,7 @@ from ...core.handle import OptimizerInfo, Table
 from ...core.options import AuditOptions
 from .handle import TorchHandle
 from .optim import build_optimizer
-from .state import floating_tensors, to_numpy
+from .state import to_numpy
 
 
 def _dtensor_type() -> type | None:
@@ -196,36 +196,27 @@ class FSDPHandle(TorchHandle):
         return OptimizerInfo(type(optimizer).__name__, decay, optimizer)
 
     # -- invariance ------------------------------------------------------------------
-    def invariance_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: Any = None
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    def _invariance_run(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
+    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[torch.Tensor]]:
         if perturb is not None:
             raise PadAuditError(
                 f"{self.model_class}: the same-width invariance measurement is not available "
                 "for FSDP2 models; let the model take a wider batch (extra_pad=)"
             )
-        with self._quiet():
-            _, output = self._backward(batch, plan)
-        reach = {
-            id(self._layers[t.path].weight): (t, batch.reachable_rows(t.rows, t.pad_idx))
-            for t in tables
-        }
-        grads = {}
-        for name, param in self.model.named_parameters():
-            grad = param.grad
-            if grad is None:
-                continue
-            if id(param) in reach:
-                t, rows = reach[id(param)]
-                grads[name] = self._rows(grad, rows, t.dim)
-            elif _dtensor_type() is not None and isinstance(grad, _dtensor_type()):
-                grads[name] = to_numpy(grad.full_tensor())
-            else:
-                grads[name] = to_numpy(grad)
-        return grads, [to_numpy(t) for t in floating_tensors(output)]  # the engine cuts
+        return super()._invariance_run(batch, plan, tables, None)
 
-    def _rows(self, grad: torch.Tensor, rows: np.ndarray, dim: int) -> np.ndarray:
+    def _table_keys(self, table: Table) -> list[Hashable]:
+        return [id(self._layers[table.path].weight)]
+
+    def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
+        if _dtensor_type() is not None and isinstance(value, _dtensor_type()):
+            value = value.full_tensor()
+        return to_numpy(value)
+
+    def _rows(self, grad: torch.Tensor, table: Table, rows: np.ndarray) -> np.ndarray:
         """Return ``grad[rows]``: each rank fills the rows it holds, summed over ranks."""
+        dim = table.dim
         local, offset = self._local(grad)
         out = torch.zeros(len(rows), dim + 1, dtype=torch.float32)
         index = torch.from_numpy(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...core.base import BaseHandle
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
 from ...core.handle import ROOT, OptimizerInfo, Table, Trace, pad_for
@@ -24,7 +25,7 @@ from .noise import noise_at_pads
 from .optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .params import is_leaf as _is_leaf
 from .params import weight as _weight
-from .state import can_be_sparse, floating_tensors, reachable_rows, rows_of, to_numpy
+from .state import can_be_sparse, floating_tensors, rows_of, to_numpy
 from .tables import Lookups, check_usable, compiled, uncompiled, untied
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
@@ -52,11 +53,14 @@ class TorchBatch:
     feed: Any = None
 
 
-class TorchHandle:
+class TorchHandle(BaseHandle):
     """Audit an ``nn.Module``: ``nn.Embedding`` and ``nn.EmbeddingBag`` tables."""
 
     framework = "torch"
     pipeline_fixes = PIPELINE_FIXES
+    can_reset = True
+    has_head_grads = True
+    traces_perturb = True
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         check_usable(model)
@@ -132,9 +136,6 @@ class TorchHandle:
         """Keep the tables that may be audited for preserve(); return ``found``."""
         self._audited = [t for t in found if t.pad_idx is not None and 0 <= t.pad_idx < t.rows]
         return found
-
-    def default_vocab_size(self) -> int | None:
-        return None
 
     @property
     def device(self) -> torch.device:
@@ -270,46 +271,38 @@ class TorchHandle:
         except PadAuditError:
             raise
         except Exception as exc:
-            raise self.model_error(exc, batch) from exc
+            raise self._feed_error(exc, batch) from exc
 
-    def model_error(self, exc: Exception, batch: TorchBatch, call: str = "") -> PadAuditError:
+    def _feed_error(self, exc: Exception, batch: TorchBatch, call: str = "") -> PadAuditError:
         """Turn what the model raised into a PadAuditError naming the call and the batch."""
         return model_error(self.model_class, self.options, exc, batch, call)
 
     def _loss(self, output: Any, batch: TorchBatch, plan: LossPlan) -> torch.Tensor:
         if self.options.step is not None:
             return step_loss(output)
-        custom = self.options.loss
-        if callable(custom):
-            value = custom(output, batch)
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise PadAuditError(
-                    f"loss= returned {type(value).__name__}: pass a callable(output, batch) "
-                    "that returns a scalar tensor"
-                )
-            if not value.requires_grad:
-                raise PadAuditError(CONSTANT_LOSS)
-            return value.reshape(())
-        tensors = list(floating_tensors(output))
-        if not tensors:
-            raise PadAuditError(
-                f"the output of {self.model_class} ({type(output).__name__}) holds no "
-                "floating-point tensor, so no gradient can reach the embedding (integer "
-                "outputs such as argmax ids have none; a loss= over them cannot backpropagate): "
-                "pass forward= that returns the float scores computed before the integer "
-                "step, e.g. forward=lambda model, batch: model.scores(batch.ids) where "
-                "scores() is your forward() without its final argmax"
-            )
+        return self.seeded_loss(output, batch, plan)
+
+    def _floating(self, output: Any) -> list[torch.Tensor]:
+        return list(floating_tensors(output))
+
+    def _is_scalar(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.numel() == 1
+
+    def _scalar(self, value: torch.Tensor) -> torch.Tensor:
+        if not value.requires_grad:
+            raise PadAuditError(CONSTANT_LOSS)
+        return value.reshape(())
+
+    def _check_outputs(self, tensors: list[torch.Tensor]) -> None:
         if not any(t.requires_grad for t in tensors):
             raise PadAuditError(
                 f"no output of {self.model_class} depends on a trainable parameter: "
                 "unfreeze the model, or pass forward= that runs it with gradients on"
             )
-        total = torch.zeros((), device=tensors[0].device)
-        for index, tensor in enumerate(tensors):
-            weights = torch.from_numpy(np.asarray(plan.weights(index, tuple(tensor.shape))))
-            total = total + (tensor.float() * weights.to(tensor.device)).sum()
-        return total
+
+    def _weighted_sum(self, tensor: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+        weights = torch.from_numpy(np.asarray(weights)).to(tensor.device)
+        return (tensor.float() * weights).sum()
 
     def _backward(self, batch: PadBatch, plan: LossPlan) -> tuple[TorchBatch, Any]:
         for p in self.model.parameters():
@@ -445,33 +438,31 @@ class TorchHandle:
                 module.train()
         yield
 
-    def invariance_pass(
-        self,
-        batch: PadBatch,
-        plan: LossPlan,
-        tables: Sequence[Table],
-        perturb: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Return every parameter's gradient and the FULL outputs (the engine cuts them).
-
-        ``perturb``: replace what the token tables emit at pad positions with seeded noise.
-        """
+    def _invariance_run(
+        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
+    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[torch.Tensor]]:
+        """One quiet backward pass (``perturb``: seeded noise at the pad vectors)."""
         with self._quiet(), noise_at_pads(self._layers, tables, perturb):
             _, output = self._backward(batch, plan)
-        reach = reachable_rows(batch, tables, self._layers)
-        grads = {}
-        for name, param in self.model.named_parameters():
-            grad = param.grad
-            if grad is None:
-                continue
-            rows = reach.get(id(param))
-            grads[name] = to_numpy(grad if rows is None else rows_of(grad, rows))
-        return grads, [to_numpy(t) for t in floating_tensors(output)]
+        grads = [(name, id(p), p.grad) for name, p in self.model.named_parameters()]
+        return grads, list(floating_tensors(output))
+
+    def _table_keys(self, table: Table) -> list[Hashable]:
+        """Return the table's weights (a parametrized table: its originals)."""
+        params = self._layers[table.path].parameters()
+        return [id(w) for w in params if w.dim() and w.shape[0] == table.rows]
+
+    def _rows(self, grad: torch.Tensor, table: Table, rows: np.ndarray) -> np.ndarray:
+        return to_numpy(rows_of(grad, torch.from_numpy(rows).to(grad.device)))
+
+    def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
+        return to_numpy(value)
 
     def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
         """Record each module's full floating inputs and outputs (``perturb``: as above)."""
         trace = Trace(owner=self.model_class)
         names = {module: path for path, module in self.model.named_modules()}
+        modules = list(names)
         tb = self._tensors(batch)
 
         def full(values: Any) -> list[np.ndarray]:
@@ -480,7 +471,11 @@ class TorchHandle:
         def record(module: nn.Module, args: Any, output: Any) -> None:
             trace.entries.append((names.get(module, "?"), full(args), full(output)))
 
-        hooks = [m.register_forward_hook(record) for m in self.model.modules()]
+        self._hooked_forward(tb, perturb, [m.register_forward_hook(record) for m in modules])
+        return trace
+
+    def _hooked_forward(self, tb: TorchBatch, perturb: int | None, hooks: list[Any]) -> None:
+        """Run one quiet forward pass (``perturb``: pad noise), then remove ``hooks``."""
         try:
             noise = noise_at_pads(self._layers, self._audited, perturb)
             with self._quiet(), torch.no_grad(), noise:
@@ -488,7 +483,6 @@ class TorchHandle:
         finally:
             for hook in hooks:
                 hook.remove()
-        return trace
 
     # -- words -----------------------------------------------------------------------
     def explain(

@@ -53,6 +53,8 @@ def shift_right(ids: torch.Tensor, mask: torch.Tensor, start: int, pad: int) -> 
 class HFHandle(TorchHandle):
     """Audit a transformers ``PreTrainedModel`` through its config and keyword inputs."""
 
+    has_input_table = True
+
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         super().__init__(model, options)
         self.config = model.config
@@ -137,18 +139,13 @@ class HFHandle(TorchHandle):
         if self.options.forward is not None or self.options.step or batch.feed is not None:
             return super()._forward(batch)
         kwargs = self.inputs(batch)
-        try:
-            return self.model(**kwargs)
-        except PadAuditError:
-            raise
-        except Exception as exc:
-            names = ", ".join(f"{k}=" for k in kwargs)
-            raise PadAuditError(
-                f"{self.model_class} raised {type(exc).__name__} on the synthetic batch "
-                f"(model({names}) with {batch.numpy.describe()}): {exc}\n  If the model "
-                "takes other inputs, pass forward=lambda model, batch: model(input_ids="
-                "batch.ids, attention_mask=batch.mask.long(), ...)"
-            ) from exc
+        return self.call_model(
+            lambda: self.model(**kwargs),
+            batch.numpy,
+            f"model({', '.join(f'{k}=' for k in kwargs)})",
+            advice="forward=lambda model, batch: model(input_ids=batch.ids, "
+            "attention_mask=batch.mask.long(), ...)",
+        )
 
     # -- words -----------------------------------------------------------------------
     def explain(

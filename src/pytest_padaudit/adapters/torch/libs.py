@@ -27,7 +27,6 @@ from ...core.handle import OptimizerInfo, Table, Trace
 from ...core.options import AuditOptions
 from .handle import TorchBatch, TorchHandle
 from .hf import HFHandle, is_hf_model
-from .noise import noise_at_pads
 from .optim import build_optimizer, pad_row_grad
 from .state import floating_tensors, to_numpy
 from .tables import uncompiled
@@ -347,13 +346,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
         hooks = [m.register_forward_pre_hook(enter) for m in self.model.modules()]
         hooks += [m.register_forward_hook(leave) for m in self.model.modules()]
-        try:
-            noise = noise_at_pads(self._layers, self._audited, perturb)
-            with self._quiet(), torch.no_grad(), noise:
-                self._forward(tb)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        self._hooked_forward(tb, perturb, hooks)
         return trace
 
     def _from_tokenizer(self) -> bool:
@@ -382,20 +375,13 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
 
 def _call(handle: HFHandle, features: dict[str, Any], batch: TorchBatch) -> Any:
-    from ...core.errors import PadAuditError
-
-    try:
-        return handle.model(features)
-    except PadAuditError:
-        raise
-    except Exception as exc:
-        keys = ", ".join(features)
-        raise PadAuditError(
-            f"{handle.model_class} raised {type(exc).__name__} on the synthetic batch "
-            f"(model({{{keys}}}) with {batch.numpy.describe()}): {exc}\n  If the model "
-            "takes other features, pass forward=lambda model, batch: model({'input_ids': "
-            "batch.ids, 'attention_mask': batch.mask.long(), ...})"
-        ) from exc
+    return handle.call_model(
+        lambda: handle.model(features),
+        batch.numpy,
+        f"model({{{', '.join(features)}}})",
+        advice="forward=lambda model, batch: model({'input_ids': batch.ids, "
+        "'attention_mask': batch.mask.long(), ...})",
+    )
 
 
 __all__ = ["adapt", "is_peft_model", "is_sentence_transformer", "lora_embeddings", "pad_row_grad"]

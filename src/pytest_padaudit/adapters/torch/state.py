@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ...core.batch import PadBatch
-from ...core.handle import Table, output_leaves
+from ...core.handle import output_leaves
 from .params import is_leaf as _is_leaf
 
 
@@ -37,19 +36,6 @@ def can_be_sparse(layer: nn.Module) -> bool:
         and weight.device.type in ("cpu", "cuda")
         and not (isinstance(layer, nn.EmbeddingBag) and layer.mode == "max")
     )
-
-
-def reachable_rows(
-    batch: PadBatch, tables: Sequence[Table], layers: Mapping[str, nn.Module]
-) -> dict[int, torch.Tensor]:
-    """Map each audited table's weight to the rows the invariance check compares."""
-    reach = {}
-    for t in tables:
-        rows = batch.reachable_rows(t.rows, t.pad_idx)
-        for weight in layers[t.path].parameters():  # a parametrized table: its originals
-            if weight.dim() and weight.shape[0] == t.rows:
-                reach[id(weight)] = torch.from_numpy(rows).to(weight.device)
-    return reach
 
 
 def rows_of(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ import numpy as np
 Tap = Callable[[Any], Any]
 #: One pass: ``run(tap)`` returns (scalar loss, tensors to return as values).
 Run = Callable[[Tap], tuple[Any, list[Any]]]
+#: the pad-noise draw: shape -> standard normal float32 array (one recipe everywhere).
+Draw = Callable[[tuple[int, ...]], np.ndarray]
 
 
 @dataclasses.dataclass
@@ -177,10 +179,11 @@ class Backend:
         """Seed the framework's own global RNG, where layers draw from it; restore it after."""
         return nullcontext()
 
-    def noise(self, out: Any, ids: Any, pad: int, key: tuple[int, int]) -> Any:
+    def noise(self, out: Any, ids: Any, pad: int, draw: Draw) -> Any:
         """Return ``out`` with the vectors at ``ids == pad`` replaced by seeded noise.
 
-        The noise has the scale (standard deviation) of the other vectors. Return None when
+        ``draw(shape)`` is the standard normal draw (:class:`~...core.base.PadNoise`); the
+        noise has the scale (standard deviation) of the other vectors. Return None when
         ``out`` is not the lookup of ``ids`` or no id is ``pad``.
         """
         from keras import ops
@@ -199,6 +202,5 @@ class Backend:
             scale = ops.where(ops.isfinite(scale) & (scale > 0), scale, 1.0)
         else:
             scale = 1.0
-        draw = np.random.default_rng(list(key)).standard_normal(tuple(out.shape))
-        values = ops.convert_to_tensor(draw.astype(np.float32)) * scale
+        values = ops.convert_to_tensor(draw(tuple(out.shape))) * scale
         return ops.where(ops.convert_to_tensor(at[..., None]), ops.cast(values, out.dtype), out)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .base import Backend, Pass, Run
+from .base import Backend, Draw, Pass, Run
 
 
 class TFBackend(Backend):
@@ -148,7 +148,7 @@ class TFBackend(Backend):
             if op_rng is not None and getattr(context, "_rng", None) is op_rng:
                 op_rng.setstate(op_state)
 
-    def noise(self, out: Any, ids: Any, pad: int, key: tuple[int, int]) -> Any:
+    def noise(self, out: Any, ids: Any, pad: int, draw: Draw) -> Any:
         """Pure TensorFlow ops, so that it works inside a ``tf.function`` too."""
         if not (tf.is_tensor(ids) and tf.is_tensor(out)):
             return None
@@ -160,7 +160,11 @@ class TFBackend(Backend):
         others = tf.cast(tf.boolean_mask(out, tf.logical_not(at)), tf.float32)
         scale = tf.math.reduce_std(others)
         scale = tf.where(tf.math.is_finite(scale) & (scale > 0), scale, 1.0)
-        values = tf.random.stateless_normal(tf.shape(out), list(key)) * scale
+        if out.shape.is_fully_defined():
+            values = tf.constant(draw(tuple(out.shape.as_list())))
+        else:  # inside a tf.function: draw when the graph runs
+            values = tf.numpy_function(lambda s: draw(tuple(s)), [tf.shape(out)], tf.float32)
+        values = values * scale
         return tf.where(at[..., None], tf.cast(values, out.dtype), out)
 
 
