@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch import Callback
 
-from .torch_rows import PIPELINE_WORDS, PadGrads, batch_arrays, explain, optimizer_seen, weights
-from .watch import OptimizerSeen, PadWatch, check_every, check_on_leak, check_pad_idx
+from .torch_rows import PadGrads, TorchGuard, batch_arrays, optimizer_seen, weights
+from .watch import OptimizerSeen
 
 _WHERE = "the optimizer configure_optimizers() returns"
 
 
-class LightningPadGuard(Callback):
+class LightningPadGuard(TorchGuard, Callback):
     """Stop a ``lightning.pytorch.Trainer`` run when a pad row changes.
 
     Records the token tables' pad rows at ``on_train_start`` and compares them after every
@@ -25,23 +24,8 @@ class LightningPadGuard(Callback):
     ``padding_idx``; paths are those of the LightningModule's ``named_modules()``.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 1,
-        on_leak: str = "raise",
-        pad_idx: int | Mapping[str, int] | None = None,
-    ) -> None:
-        name = type(self).__name__
-        self.watch = PadWatch(
-            name,
-            check_every(every_n_steps, name, "every_n_steps"),
-            check_on_leak(on_leak, name),
-            check_pad_idx(pad_idx, name),
-            explain(_WHERE, hf=False),
-            PIPELINE_WORDS,
-        )
-        self._grads: PadGrads | None = None
-        self._params: dict[str, Any] = {}
+    #: where the optimizer comes from, and whether the words speak Hugging Face.
+    where, hf = _WHERE, False
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """Record the pad rows of the module's token tables."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..core.handle import ROOT, Table
-from .watch import OptimizerSeen
+from .watch import OptimizerSeen, PadWatch, check_every, check_on_leak, check_pad_idx
 
 #: fixes for the pipeline checks of a PyTorch (transformers) batch.
 PIPELINE_WORDS = {
@@ -158,3 +158,41 @@ def explain(where: str, hf: bool):
         )
 
     return words
+
+
+def torch_watch(
+    name: str,
+    every_n_steps: Any,
+    on_leak: Any,
+    pad_idx: Any,
+    where: str,
+    hf: bool,
+) -> PadWatch:
+    """Return the watch a torch guard keeps: its inputs checked, its words in torch idiom."""
+    return PadWatch(
+        name,
+        check_every(every_n_steps, name, "every_n_steps"),
+        check_on_leak(on_leak, name),
+        check_pad_idx(pad_idx, name),
+        explain(where, hf=hf),
+        PIPELINE_WORDS,
+    )
+
+
+class TorchGuard:
+    """The inputs every torch guard takes, checked once; ``where`` and ``hf`` pick words."""
+
+    where: str = ""
+    hf: bool = False
+
+    def __init__(
+        self,
+        every_n_steps: int = 1,
+        on_leak: str = "raise",
+        pad_idx: int | Mapping[str, int] | None = None,
+    ) -> None:
+        self.watch = torch_watch(
+            type(self).__name__, every_n_steps, on_leak, pad_idx, self.where, self.hf
+        )
+        self._grads: PadGrads | None = None
+        self._params: dict[str, Any] = {}

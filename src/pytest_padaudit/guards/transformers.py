@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerCallback
 
-from .torch_rows import PIPELINE_WORDS, PadGrads, batch_arrays, explain, optimizer_seen, weights
-from .watch import PadWatch, check_every, check_on_leak, check_pad_idx
+from .torch_rows import PadGrads, TorchGuard, batch_arrays, optimizer_seen, weights
 
 _WHERE = "Trainer(optimizers=(optimizer, None))"
 
 
-class TrainerPadGuard(TrainerCallback):
+class TrainerPadGuard(TorchGuard, TrainerCallback):
     """Stop a ``transformers.Trainer`` run when a pad row changes.
 
     Records the token tables' pad rows at ``on_train_begin`` and compares them after every
@@ -24,24 +22,11 @@ class TrainerPadGuard(TrainerCallback):
     ``pad_idx=``: the id (or ``{table path: id}``) for tables without ``padding_idx``.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 1,
-        on_leak: str = "raise",
-        pad_idx: int | Mapping[str, int] | None = None,
-    ) -> None:
-        name = type(self).__name__
-        self.watch = PadWatch(
-            name,
-            check_every(every_n_steps, name, "every_n_steps"),
-            check_on_leak(on_leak, name),
-            check_pad_idx(pad_idx, name),
-            explain(_WHERE, hf=True),
-            PIPELINE_WORDS,
-        )
-        self._grads: PadGrads | None = None
-        self._params: dict[str, Any] = {}
-        self._hook: Any = None
+    #: where the optimizer comes from, and whether the words speak Hugging Face.
+    where, hf = _WHERE, True
+
+    #: the one-shot forward pre-hook that reads the first batch, while it is set.
+    _hook: Any = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Record the pad rows; hook the model's next forward to see the first batch."""
