@@ -148,19 +148,11 @@ def _judge(
     arrays = [*grads_a.values(), *grads_b.values(), *outs_a, *outs_b]
     if any(not np.isfinite(x).all() for x in arrays if x.size):
         cause, why, fix = handle.explain("nonfinite", None, opts, None)
-        report.findings.append(
-            Finding(
-                "invariance",
-                ROOT,
-                batch.pad_idx,
-                float("nan"),
-                cause,
-                "the invariance passes produced nan/inf in outputs or gradients, so "
-                "invariance cannot be measured",
-                why,
-                fix,
-            )
+        message = (
+            "the invariance passes produced nan/inf in outputs or gradients, so "
+            "invariance cannot be measured"
         )
+        report.findings.append(_unmeasured(batch, cause, message, why, fix))
         return InvarianceResult(value=float("nan"))
     worst, grad_rel = _grad_difference(grads_a, grads_b)
     out_rel = max(
@@ -202,22 +194,22 @@ def _judge(
 
 def _not_checked(batch: PadBatch, report: AuditReport, why: str, because: str) -> InvarianceResult:
     reason = f"{why}; and the vectors at its pad positions could not be replaced: {because}"
-    report.findings.append(
-        Finding(
-            "invariance",
-            ROOT,
-            batch.pad_idx,
-            float("nan"),
-            "not_checked",
-            "invariance was not checked: neither a wider batch nor noise at the pad "
-            "positions could be measured",
-            reason,
-            "make the model accept a batch with more pad columns (or let its embedding "
-            "lookups run through the framework's embedding layer), or accept the unchecked "
-            "invariance with allow=('not_checked',)",
-        )
+    message = (
+        "invariance was not checked: neither a wider batch nor noise at the pad "
+        "positions could be measured"
     )
+    fix = (
+        "make the model accept a batch with more pad columns (or let its embedding "
+        "lookups run through the framework's embedding layer), or accept the unchecked "
+        "invariance with allow=('not_checked',)"
+    )
+    report.findings.append(_unmeasured(batch, "not_checked", message, reason, fix))
     return InvarianceResult(skipped=reason)
+
+
+def _unmeasured(batch: PadBatch, cause: str, message: str, why: str, fix: str) -> Finding:
+    """Return the model-wide invariance finding for a measure that could not be taken."""
+    return Finding("invariance", ROOT, batch.pad_idx, float("nan"), cause, message, why, fix)
 
 
 def _maxabs(a: np.ndarray) -> float:
