@@ -20,8 +20,16 @@ def test_built_in_handles_declare_what_they_can_do() -> None:
     torch_handle = pytest.importorskip("pytest_padaudit.adapters.torch.handle")
     nn = pytest.importorskip("torch.nn")
     handle = torch_handle.TorchHandle(nn.Embedding(5, 2), _options())
+    from pytest_padaudit.adapters.torch.feed import PIPELINE_FIXES
+
     assert capabilities(handle) == Capabilities(
-        lookups=True, head_grads=True, reset=True, perturb=True, trace_perturb=True
+        lookups=True,
+        head_grads=True,
+        reset=True,
+        perturb=True,
+        trace_perturb=True,
+        user_batch=True,
+        pipeline_fixes=PIPELINE_FIXES,
     )
 
 

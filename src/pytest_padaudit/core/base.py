@@ -53,6 +53,10 @@ class Capabilities:
     shrinkable: bool = True
     #: what the framework runs on where it has a choice (Keras 3: "jax"), else None.
     backend_name: str | None = None
+    #: ``batch_arrays(batch)``: the handle reads a user's ``batch=``.
+    user_batch: bool = False
+    #: the fixes of the batch findings in the framework's idiom (None: generic words).
+    pipeline_fixes: Mapping[str, str] | None = None
 
 
 def capabilities(handle: Any) -> Capabilities:
@@ -67,6 +71,8 @@ def capabilities(handle: Any) -> Capabilities:
             input_table=handle.has_input_table,
             shrinkable=handle.shrinkable,
             backend_name=handle.backend_name,
+            user_batch=handle.reads_batches,
+            pipeline_fixes=handle.pipeline_fixes,
         )
     return Capabilities(
         lookups=callable(getattr(handle, "lookups", None)),
@@ -77,6 +83,8 @@ def capabilities(handle: Any) -> Capabilities:
         input_table=callable(getattr(handle, "input_table", None)),
         shrinkable=bool(getattr(handle, "shrinkable", True)),
         backend_name=getattr(handle, "backend_name", None),
+        user_batch=callable(getattr(handle, "batch_arrays", None)),
+        pipeline_fixes=getattr(handle, "pipeline_fixes", None),
     )
 
 
@@ -94,6 +102,7 @@ _DECLARED = {
     "can_reset": "reset",
     "has_head_grads": "head_grads",
     "has_input_table": "input_table",
+    "reads_batches": "batch_arrays",
 }
 
 
@@ -122,6 +131,10 @@ class BaseHandle(ABC):
     shrinkable: ClassVar[bool] = True
     #: what the framework runs on where it has a choice; instances may set it.
     backend_name: str | None = None
+    #: the class defines ``batch_arrays(batch)``: it reads a user's ``batch=``.
+    reads_batches: ClassVar[bool] = False
+    #: the fixes of the batch findings (``pad_mismatch``, ``labels_at_pads``), else None.
+    pipeline_fixes: ClassVar[Mapping[str, str] | None] = None
     #: the ``forward=`` example a model error suggests, in the framework's words.
     forward_advice: ClassVar[str] = (
         "forward=lambda model, batch: model(batch.ids, batch.mask) "
@@ -233,7 +246,7 @@ class BaseHandle(ABC):
         """Say what the model raised on which batch, and which ``forward=`` to pass."""
         shown = f"; {ids}" if ids else ""
         return (
-            f"{self.model_class} raised {type(exc).__name__} on the synthetic batch ({call} "
+            f"{self.model_class} raised {type(exc).__name__} on {batch.origin} ({call} "
             f"with {batch.describe()}{shown}): {exc}\n  If the model takes other inputs, "
             f"pass {advice or self.forward_advice}"
         )

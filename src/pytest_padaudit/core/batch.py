@@ -75,6 +75,11 @@ class PadBatch:
         candidates = np.unique(np.concatenate([self.ids[self.mask], positions]))
         return candidates[(candidates < rows) & (candidates != pad)]
 
+    @property
+    def origin(self) -> str:
+        """Say where the batch comes from, as messages name it."""
+        return "the synthetic batch" if self.source == "synthetic" else "your batch="
+
     def describe(self) -> str:
         """Return a one-line description for failure messages."""
         b, t = self.shape

@@ -121,7 +121,7 @@ def run_audit(
             batch = _batch_for(handle, opts, audited[0], audited)
             report.batch, report.batch_text = batch.to_dict(), batch.describe()
         if batch.inputs is not None:
-            fixes = getattr(handle, "pipeline_fixes", GENERIC_FIXES)
+            fixes = capabilities(handle).pipeline_fixes or GENERIC_FIXES
             report.findings += data_findings(batch.inputs, batch.pad_idx, audited[0].path, fixes)
         if {"grad", "update"} & set(opts.checks):
             _train_checks(handle, batch, audited, opts, report)

@@ -7,13 +7,15 @@ Pad positions are where ``attention_mask`` is 0, else where ``input_ids`` equal 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .base import capabilities
 from .batch import PadBatch
 from .errors import PadAuditError
+from .invariance import check_invariance
 from .result import Finding
 
 if TYPE_CHECKING:
@@ -54,12 +56,12 @@ class UserBatch:
 
 def user_pad_batch(handle: ModelHandle, opts: AuditOptions, pad: int) -> PadBatch:
     """Build the audit's batch from ``batch=``, checked before any pass."""
-    read: Callable[[Any], dict[str, np.ndarray]] | None = getattr(handle, "batch_arrays", None)
-    if read is None:
+    if not capabilities(handle).user_batch:
         raise PadAuditError(
             f"batch= is not supported for {handle.framework} models yet: drop batch= to "
             "audit with a synthetic batch"
         )
+    read: Callable[[Any], dict[str, np.ndarray]] = handle.batch_arrays  # type: ignore[attr-defined]
     keyed = isinstance(opts.batch, Mapping)
     user = read_batch(read(opts.batch), pad, opts.widen if keyed else None)
     if not keyed:
@@ -169,48 +171,45 @@ def data_findings(
     ``words`` holds each cause's fix in the user's framework (keys ``pad_mismatch`` and
     ``labels_at_pads``).
     """
+    pads = ~_mask(inputs, pad_idx)
     found = []
-    if MASK in inputs:
-        pads = ~_mask(inputs, pad_idx)
+    if MASK in inputs:  # without a mask, pad positions are where the ids equal the pad id
         wrong = pads & (inputs[IDS] != pad_idx)
-        if wrong.any():
-            seen = sorted({int(i) for i in inputs[IDS][wrong]})
-            found.append(
-                Finding(
-                    "pipeline",
-                    layer,
-                    pad_idx,
-                    float(wrong.sum()),
-                    "pad_mismatch",
-                    f"{int(wrong.sum())} pad positions (attention_mask 0) hold id "
-                    f"{', '.join(map(str, seen[:_SHOWN]))}, not the model's pad id {pad_idx}, "
-                    f"at (row, column) {_positions(wrong)}",
-                    "the tokenizer or collator pads with another id than the model's, so the "
-                    "row it pads with trains and the model's pad row never shows up",
-                    words["pad_mismatch"],
-                )
-            )
+        what = f"(attention_mask 0) hold id {_values(inputs[IDS], wrong)}, not the model's pad id"
+        why = (
+            "the tokenizer or collator pads with another id than the model's, so the row it "
+            "pads with trains and the model's pad row never shows up"
+        )
+        found += _found("pad_mismatch", wrong, f"{what} {pad_idx}", why, layer, pad_idx, words)
     labels = inputs.get("labels")
     if labels is not None and labels.shape == inputs[IDS].shape:
-        trained = ~_mask(inputs, pad_idx) & (labels != IGNORE_INDEX)
-        if trained.any():
-            seen = sorted({int(i) for i in labels[trained]})
-            found.append(
-                Finding(
-                    "pipeline",
-                    layer,
-                    pad_idx,
-                    float(trained.sum()),
-                    "labels_at_pads",
-                    f"{int(trained.sum())} pad positions have labels "
-                    f"{', '.join(map(str, seen[:_SHOWN]))}, not the ignore index "
-                    f"{IGNORE_INDEX}, at (row, column) {_positions(trained)}",
-                    "the labels are padded with a real class id, so the loss trains on pad "
-                    "positions",
-                    words["labels_at_pads"],
-                )
-            )
+        trained = pads & (labels != IGNORE_INDEX)
+        what = f"have labels {_values(labels, trained)}, not the ignore index {IGNORE_INDEX}"
+        why = "the labels are padded with a real class id, so the loss trains on pad positions"
+        found += _found("labels_at_pads", trained, what, why, layer, pad_idx, words)
     return found
+
+
+def _found(
+    cause: str,
+    where: np.ndarray,
+    what: str,
+    why: str,
+    layer: str,
+    pad_idx: int,
+    words: Mapping[str, str],
+) -> list[Finding]:
+    """Return the batch finding ``cause`` when ``where`` holds a position, else nothing."""
+    count = int(where.sum())
+    if not count:
+        return []
+    message = f"{count} pad positions {what}, at (row, column) {_positions(where)}"
+    return [Finding("pipeline", layer, pad_idx, float(count), cause, message, why, words[cause])]
+
+
+def _values(array: np.ndarray, where: np.ndarray) -> str:
+    """Return the distinct values of ``array`` at ``where``, the first few."""
+    return ", ".join(map(str, sorted({int(v) for v in array[where]})[:_SHOWN]))
 
 
 def _positions(where: np.ndarray) -> str:
@@ -235,10 +234,6 @@ def blame_the_step(
     If the model, fed the whole batch (its mask too), is invariant, the step is where pads
     reach the real positions: the finding says so.
     """
-    from dataclasses import replace
-
-    from .invariance import check_invariance
-
     found = [f for f in report.findings if f.check == "invariance" and f.cause == "invariance"]
     if not found or not hasattr(handle, "options"):
         return

@@ -1,18 +1,14 @@
-"""What a torch model is fed: the user's batch as arrays and back, step= losses, errors."""
+"""What a torch model is fed: the user's batch as arrays, and the loss ``step=`` returns."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ...core.errors import PadAuditError
-from ...core.options import AuditOptions
-
-if TYPE_CHECKING:
-    from .handle import TorchBatch
 
 #: fixes, in PyTorch and Hugging Face idiom, for the findings on a user's batch.
 PIPELINE_FIXES = {
@@ -61,28 +57,3 @@ def step_loss(value: Any) -> torch.Tensor:
             "detached): return the loss before backward(), e.g. step=lambda m, b: m(**b).loss"
         )
     return value.reshape(())
-
-
-def model_error(
-    owner: str, opts: AuditOptions, exc: Exception, batch: TorchBatch, call: str = ""
-) -> PadAuditError:
-    """Turn what the model raised into a PadAuditError naming the call and the batch."""
-    numpy, synthetic = batch.numpy, batch.numpy.source == "synthetic"
-    if not call:
-        call = "step=" if opts.step else "forward=" if opts.forward else "model(ids)"
-        call = "model(**batch)" if call == "model(ids)" and batch.feed is not None else call
-    if opts.step is not None:
-        given = "your batch= as given" if not synthetic else f"a dict of {', '.join(batch.feed)}"
-        hint = f"step=callable(model, batch) receives {given}"
-    elif not synthetic:
-        hint = "To run it your way, pass step=lambda model, batch: model(**batch).loss"
-    else:
-        hint = (
-            "If the model takes other inputs, pass forward=lambda model, batch: "
-            "model(batch.ids, batch.mask) (batch has ids, mask, lengths, pad_idx)"
-        )
-    where = "the synthetic batch" if synthetic else "your batch="
-    return PadAuditError(
-        f"{owner} raised {type(exc).__name__} on {where} ({call} with {numpy.describe()}; "
-        f"ids {batch.ids.dtype} on {batch.ids.device}): {exc}\n  {hint}"
-    )

@@ -20,7 +20,7 @@ from ...core.errors import PadAuditError
 from ...core.handle import ROOT, OptimizerInfo, Table, Trace, pad_for
 from ...core.options import AuditOptions
 from .explain import CONSTANT_LOSS, EXPLAIN
-from .feed import PIPELINE_FIXES, batch_arrays, model_error, step_loss
+from .feed import PIPELINE_FIXES, batch_arrays, step_loss
 from .noise import noise_at_pads
 from .optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .params import is_leaf as _is_leaf
@@ -58,6 +58,7 @@ class TorchHandle(BaseHandle):
 
     framework = "torch"
     pipeline_fixes = PIPELINE_FIXES
+    reads_batches = True
     can_reset = True
     has_head_grads = True
     traces_perturb = True
@@ -260,22 +261,21 @@ class TorchHandle(BaseHandle):
         return tb
 
     def _forward(self, batch: TorchBatch) -> Any:
-        step, forward = self.options.step, self.options.forward
-        feed = batch.feed
-        try:
-            if step is not None:
-                return step(self.model, batch.ids if feed is None else feed)
-            if forward is not None:
-                return forward(self.model, batch)
-            return self.model(batch.ids) if feed is None else self.model(**feed)
-        except PadAuditError:
-            raise
-        except Exception as exc:
-            raise self._feed_error(exc, batch) from exc
-
-    def _feed_error(self, exc: Exception, batch: TorchBatch, call: str = "") -> PadAuditError:
-        """Turn what the model raised into a PadAuditError naming the call and the batch."""
-        return model_error(self.model_class, self.options, exc, batch, call)
+        step, forward, feed, model = self.options.step, self.options.forward, batch.feed, self.model
+        advice = None
+        if step is not None:
+            run, call = (lambda: step(model, batch.ids if feed is None else feed)), "step="
+            takes = "your batch= as given" if batch.numpy.source != "synthetic" else "a dict"
+            advice = f"a step=callable(model, batch) that takes {takes} ({', '.join(feed or ())})"
+        elif forward is not None:
+            run, call = (lambda: forward(model, batch)), "forward="
+        elif feed is None:
+            run, call = (lambda: model(batch.ids)), "model(ids)"
+        else:
+            run, call = (lambda: model(**feed)), "model(**batch)"
+            advice = "step=lambda model, batch: model(**batch).loss (it runs the model your way)"
+        ids = f"ids {batch.ids.dtype} on {batch.ids.device}"
+        return self.call_model(run, batch.numpy, call, ids, advice)
 
     def _loss(self, output: Any, batch: TorchBatch, plan: LossPlan) -> torch.Tensor:
         if self.options.step is not None:
