@@ -87,6 +87,8 @@ class AuditOptions:
         out = {name: _jsonable(getattr(self, name)) for name in OPTION_NAMES}
         if isinstance(self.batch, Mapping):  # the user's batch by its keys, not its values
             out["batch"] = {"keys": sorted(map(str, self.batch))}
+        elif isinstance(self.batch, tuple):  # Keras' (x, y[, sample_weight])
+            out["batch"] = {"keys": ["x", "y", "sample_weight"][: len(self.batch)]}
         elif self.batch is not None:
             out["batch"] = {"keys": ["input_ids"], "shape": list(self.batch.shape)}
         return out
@@ -287,8 +289,10 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
 
 
 def _batch(value: Any) -> Any:
-    """Take a Mapping of arrays or an array of ids; the adapter reads what they hold."""
+    """Take a Mapping, an array of ids or an (x, y[, sample_weight]) tuple, as fit takes."""
     if value is None or isinstance(value, Mapping) or hasattr(value, "shape"):
+        return value
+    if isinstance(value, tuple) and 1 <= len(value) <= 3:
         return value
     if isinstance(value, str):
         raise PadAuditError(
@@ -298,7 +302,7 @@ def _batch(value: Any) -> Any:
     raise PadAuditError(
         f"batch={type(value).__qualname__} is not a batch: pass the padded inputs the model "
         "takes, a dict such as tokenizer(texts, padding=True, return_tensors='pt') or "
-        "collator(examples), or a tensor of ids"
+        "collator(examples), a tensor of ids, or Keras' (x, y) or (x, y, sample_weight)"
     )
 
 

@@ -33,6 +33,9 @@ PAD_VALUES: dict[str, int | None] = {
     "labels": IGNORE_INDEX,
     "token_type_ids": 0,
     "special_tokens_mask": 1,
+    # Keras fit's (x, y, sample_weight): a pad column gets class 0 and weight 0
+    "y": 0,
+    "sample_weight": 0,
 }
 #: a callable(inputs, n) -> inputs that widens a batch by n pad columns (``widen=``).
 Widen = Callable[[Mapping[str, np.ndarray], int], Mapping[str, np.ndarray]]
@@ -62,8 +65,9 @@ def user_pad_batch(handle: ModelHandle, opts: AuditOptions, pad: int) -> PadBatc
             "audit with a synthetic batch"
         )
     read: Callable[[Any], dict[str, np.ndarray]] = handle.batch_arrays  # type: ignore[attr-defined]
-    keyed = isinstance(opts.batch, Mapping)
-    user = read_batch(read(opts.batch), pad, opts.widen if keyed else None)
+    arrays = read(opts.batch)
+    keyed = isinstance(opts.batch, Mapping) or set(arrays) != {IDS}  # more than bare ids
+    user = read_batch(arrays, pad, opts.widen if keyed else None)
     if not keyed:
         widener = None
     elif opts.widen is not None:
@@ -223,6 +227,7 @@ def _positions(where: np.ndarray) -> str:
 GENERIC_FIXES = {
     "pad_mismatch": "pad input_ids with the model's pad id (the tokenizer's pad token)",
     "labels_at_pads": f"set the labels at pad positions to the ignore index {IGNORE_INDEX}",
+    "step": "make the step= loss skip pad positions, and pass it every key of the batch",
 }
 
 
@@ -248,13 +253,11 @@ def blame_the_step(
         handle.options = own
     if any(f.check == "invariance" and not f.allowed for f in scratch.findings):
         return
+    fix = (capabilities(handle).pipeline_fixes or GENERIC_FIXES).get("step")
     for finding in found:
         finding.why = (
             "your step= lets pad positions reach the real ones: the model itself, called "
-            "with the whole batch (its attention mask too), is invariant on the same batch; "
-            "the step drops or ignores what masks the pads"
+            "with the whole batch (its mask too), is invariant on the same batch; the step "
+            "drops what masks the pads, or its loss counts them"
         )
-        finding.fix = (
-            "pass the attention mask (every key of the batch) in the step, e.g. "
-            "step=lambda m, b: m(**b).loss"
-        )
+        finding.fix = fix or GENERIC_FIXES["step"]

@@ -13,20 +13,10 @@ import keras
 import numpy as np
 
 from ..adapters.keras.calls import named_layers
+from ..adapters.keras.feed import PIPELINE_FIXES
 from ..adapters.keras.tables import base_variable
 from ..core.handle import ROOT, Table
 from .watch import OptimizerSeen, PadWatch, check_every, check_on_leak, check_pad_idx
-
-#: fixes for the pipeline checks in Keras idiom (used where a batch can be seen).
-PIPELINE_WORDS = {
-    "pad_mismatch": (
-        "pad with the table's pad id: Keras' mask_zero=True pads with 0, so pad the "
-        "sequences with 0 (keras.utils.pad_sequences(..., value=0))"
-    ),
-    "labels_at_pads": (
-        "give pad positions sample_weight 0 (or mask the loss), so the loss skips them"
-    ),
-}
 
 
 def _words(
@@ -101,7 +91,7 @@ class KerasPadGuard(keras.callbacks.Callback):
             check_on_leak(on_leak, name),
             check_pad_idx(pad_idx, name),
             _words,
-            PIPELINE_WORDS,
+            PIPELINE_FIXES,
         )
         self._batches = 0
         self._layers: dict[str, Any] = {}

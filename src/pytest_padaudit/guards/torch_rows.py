@@ -10,21 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters.torch.feed import PIPELINE_FIXES
 from ..core.handle import ROOT, Table
 from .watch import OptimizerSeen, PadWatch, check_every, check_on_leak, check_pad_idx
-
-#: fixes for the pipeline checks of a PyTorch (transformers) batch.
-PIPELINE_WORDS = {
-    "pad_mismatch": (
-        "pad with the model's pad id: tokenizer.pad_token_id = model.config.pad_token_id "
-        "(or build the embedding with nn.Embedding(..., padding_idx=tokenizer.pad_token_id))"
-    ),
-    "labels_at_pads": (
-        "pad the labels with -100, which the loss skips: "
-        "DataCollatorForTokenClassification(tokenizer, label_pad_token_id=-100), or "
-        "labels[attention_mask == 0] = -100 in your collate_fn"
-    ),
-}
 
 
 def weights(model: nn.Module, tables: list[Table]) -> dict[str, torch.Tensor]:
@@ -175,7 +163,7 @@ def torch_watch(
         check_on_leak(on_leak, name),
         check_pad_idx(pad_idx, name),
         explain(where, hf=hf),
-        PIPELINE_WORDS,
+        PIPELINE_FIXES,
     )
 
 

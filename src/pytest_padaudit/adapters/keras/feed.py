@@ -23,6 +23,7 @@ from .backends.base import Backend
 _IDS = ("token_ids", "input_ids", "ids", "tokens", "input_word_ids")
 _MASK = ("padding_mask", "attention_mask", "mask", "input_mask")
 _ZEROS = ("segment_ids", "token_type_ids", "input_type_ids")
+_ROLES = {"ids": _IDS, "mask": _MASK, "zeros": _ZEROS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,9 @@ class KerasBatch:
     padding_side: str
     numpy: PadBatch
     training: bool
+    #: what ``step=`` (or the model, for ``batch=``) is fed: the user's batch as given,
+    #: rebuilt as tensors, or the synthetic ``x``; None when the model takes ``ids``.
+    feed: Any = None
 
 
 PAD_HINT = (
@@ -158,6 +162,108 @@ class PadIds:
         )
 
 
+#: fixes, in Keras idiom, for the findings on a user's batch.
+PIPELINE_FIXES = {
+    "pad_mismatch": "pad with the model's pad id: keras.utils.pad_sequences(sequences, "
+    "padding='post', value=<the model's pad id>) (keras-hub: the preprocessor pads with "
+    "preprocessor.tokenizer.pad_token_id)",
+    "labels_at_pads": "leave pad positions out of the loss: model.fit(x, y, "
+    "sample_weight=<1 at real tokens, 0 at pads>), or a mask_zero=True Embedding whose "
+    "mask reaches the outputs",
+    "step": "leave pad positions out of the step's loss: m.compute_loss(x=x, y=y, y_pred=m(x), "
+    "sample_weight=<1 at real tokens, 0 at pads>), or a loss on outputs that carry the "
+    "Embedding's mask (mask_zero=True)",
+}
+#: the key each input role has in the arrays the core reads.
+_CANONICAL = {"ids": "input_ids", "mask": "attention_mask", "zeros": "token_type_ids"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How the user's ``batch=`` is laid out, to rebuild it from (widened) arrays.
+
+    ``names`` maps each array's key to the user's key in ``x`` (None: ``x`` is the ids);
+    ``parts`` is the length of an ``(x, y[, sample_weight])`` tuple, 0 for ``x`` alone.
+    """
+
+    names: dict[str, str] | None
+    parts: int
+
+    def rebuild(self, backend: Backend, arrays: Mapping[str, np.ndarray]) -> Any:
+        """Return the batch as the user gave it, with ``arrays``' values as tensors."""
+
+        def tensor(key: str) -> Any:
+            value = np.ascontiguousarray(arrays[key])
+            return backend.constant(value, str(value.dtype))
+
+        if self.names is None:
+            x = tensor("input_ids")
+        else:
+            x = {user: tensor(key) for key, user in self.names.items()}
+        if not self.parts:
+            return x
+        rest = [tensor(k) if k in arrays else None for k in ("y", "sample_weight")]
+        return (x, *rest)[: self.parts]
+
+
+def batch_arrays(backend: Backend, batch: Any) -> tuple[dict[str, np.ndarray], BatchLayout]:
+    """Return the user's batch as arrays by key, and its layout.
+
+    ``batch`` is what ``model.fit`` takes: ``x`` (an array of ids, or a dict of inputs),
+    or ``(x, y)`` / ``(x, y, sample_weight)``. Inputs are keyed by role (``token_ids`` and
+    ``input_ids`` become ``input_ids``, ``padding_mask`` ``attention_mask``, ...).
+    """
+    parts = batch if isinstance(batch, tuple) else (batch,)
+    x, out = parts[0], {}
+    names: dict[str, str] | None = None
+    if isinstance(x, Mapping):
+        names = {}
+        for name, value in x.items():
+            role = next((r for r, known in _ROLES.items() if name in known), None)
+            key = _CANONICAL[role] if role else str(name)
+            if key in names:
+                raise PadAuditError(
+                    f"batch= x has both {names[key]!r} and {name!r} for {key}: pass one"
+                )
+            names[key], out[key] = str(name), _array(backend, f"x[{name!r}]", value)
+        if "input_ids" not in out:
+            raise PadAuditError(
+                f"batch= x has keys {sorted(map(str, x))} and none holds the token ids: name "
+                f"the ids input one of {', '.join(_IDS)}, or pass forward= and a bare array"
+            )
+    else:
+        out["input_ids"] = _array(backend, "x", x)
+    for key, value in zip(("y", "sample_weight"), parts[1:], strict=False):
+        if value is not None:
+            out[key] = _array(backend, key, value)
+    return out, BatchLayout(names, len(parts) if isinstance(batch, tuple) else 0)
+
+
+def _array(backend: Backend, where: str, value: Any) -> np.ndarray:
+    array = backend.values(value) if backend.is_tensor(value) else np.asarray(value)
+    if array is None or array.dtype.kind not in "biuf":
+        raise PadAuditError(
+            f"batch= {where} is a {type(value).__qualname__}: pass arrays or tensors, e.g. "
+            "(keras.utils.pad_sequences(sequences, padding='post'), labels)"
+        )
+    return array
+
+
+def step_loss(backend: Backend, value: Any) -> Any:
+    """Return the scalar loss ``step=`` returned; refuse anything else."""
+    if not backend.is_tensor(value) or backend.size(value) != 1:
+        got = (
+            f"a tensor of shape {list(value.shape)}"
+            if backend.is_tensor(value)
+            else type(value).__qualname__
+        )
+        raise PadAuditError(
+            f"step= returned {got}: return the scalar loss of one training step, e.g. "
+            "step=lambda m, b: m.compute_loss(x=b[0], y=b[1], y_pred=m(b[0]))"
+        )
+    return backend.scalar(value)
+
+
 _SHAPE_ERROR = re.compile(r"incompatible|expected axis|shapes? mismatch|must be compatible", re.I)
 
 
@@ -168,10 +274,12 @@ def forward_error(
     batch: PadBatch,
     forward: Any,
     feeding: dict[str, tuple[str, Any]] | None,
+    call: str = "",
 ) -> str:
-    """Return what to do when the model raised ``exc`` on the synthetic ``batch``.
+    """Return what to do when the model raised ``exc`` on ``batch``.
 
-    ``feeding``: the dict inputs the audit fed (keras-hub style), else None.
+    ``feeding``: the dict inputs the audit fed (keras-hub style), else None; ``call``: what
+    ran (``step=``, ``model(x)``), else the model on the ids.
     """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split("Arguments received by")[0]
     text = " ".join(text.split())[:400]
@@ -190,14 +298,22 @@ def forward_error(
             f"has shape (None, {fixed})), but the audit batch is {width} wide: pass "
             f"seq_len={fixed} ({type(exc).__name__}: {text})"
         )
-    call = "forward=" if forward else "model(ids, training=...)"
-    if feeding is not None:
+    if call in ("", "model(ids)"):
+        call = "forward=" if forward else "model(ids, training=...)"
+    if feeding is not None and not forward and call == "model(ids, training=...)":
         call = f"model({{{', '.join(map(repr, feeding))}}}, training=...)"
-    message = (
-        f"{model_class} raised {type(exc).__name__} on the synthetic batch ({call} "
-        f"with {batch.describe()}; ids int32): {text}\n  If the model takes other "
-        "inputs, pass forward=lambda model, batch: model(batch.ids, "
+    advice = (
+        "If the model takes other inputs, pass forward=lambda model, batch: model(batch.ids, "
         "training=batch.training) (batch has ids, mask, lengths, pad_idx, training)"
+    )
+    if call == "step=":
+        given = "your batch= as given" if batch.source != "synthetic" else "the model's x"
+        advice = f"step=callable(model, batch) receives {given}: make it run on that"
+    elif batch.source != "synthetic":
+        advice = "To run the model your way, pass step=callable(model, batch) -> scalar loss"
+    message = (
+        f"{model_class} raised {type(exc).__name__} on {batch.origin} ({call} "
+        f"with {batch.describe()}; ids int32): {text}\n  {advice}"
     )
     if _SHAPE_ERROR.search(text) and not batch.extra:
         message += "\n  If the model needs a fixed sequence length, pass seq_len= that length"

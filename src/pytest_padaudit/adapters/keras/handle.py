@@ -10,6 +10,7 @@ import random
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,17 @@ from .calls import (
     recorded_calls,
     variable_names,
 )
-from .feed import KerasBatch, backbone_token_table, dict_inputs, feed, forward_error
+from .feed import (
+    PIPELINE_FIXES,
+    BatchLayout,
+    KerasBatch,
+    backbone_token_table,
+    batch_arrays,
+    dict_inputs,
+    feed,
+    forward_error,
+    step_loss,
+)
 from .hub_hints import pad_hint
 from .lookups import SeenIds, TableCalls
 from .noise import noise_at_pads
@@ -58,6 +69,8 @@ class KerasHandle(BaseHandle):
     has_head_grads = True
     has_input_table = True
     traces_perturb = True
+    reads_batches = True
+    pipeline_fixes = PIPELINE_FIXES
     WORDS = keras_words.WORDS
 
     def __init__(self, model: Any, options: AuditOptions, keras: Any) -> None:
@@ -86,6 +99,8 @@ class KerasHandle(BaseHandle):
         self._roles = dict_inputs(model)
         #: ... which the audit feeds unless the user passes forward=.
         self._feed = self._roles if options.forward is None else None
+        #: how the user's ``batch=`` is laid out (set when it is read).
+        self._layout: BatchLayout | None = None
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
@@ -165,8 +180,25 @@ class KerasHandle(BaseHandle):
         }
 
     # -- passes ----------------------------------------------------------------------
+    def batch_arrays(self, batch: Any) -> dict[str, np.ndarray]:
+        """Return the user's batch (``x``, or ``(x, y[, sample_weight])``) as arrays by key."""
+        arrays, self._layout = batch_arrays(self.backend, batch)
+        return arrays
+
     def tensors(self, batch: PadBatch, *, training: bool) -> KerasBatch:
         """Return ``batch`` as tensors for a pass in ``training`` mode."""
+        kb = self._tensors(batch, training)
+        if batch.source != "synthetic" and self._layout is not None:
+            inputs = batch.inputs if batch.inputs is not None else {"input_ids": batch.ids}
+            return replace(kb, feed=self._layout.rebuild(self.backend, inputs))
+        if self.options.step is not None:  # the model's x, as the step receives it
+            x = kb.ids
+            if self._feed is not None:
+                x = feed(self.backend, self.model_class, self._feed, batch.ids, batch.mask)
+            return replace(kb, feed=x)
+        return kb
+
+    def _tensors(self, batch: PadBatch, training: bool) -> KerasBatch:
         constant = self.backend.constant
         return KerasBatch(
             ids=constant(batch.ids.astype(np.int32), "int32"),
@@ -179,12 +211,21 @@ class KerasHandle(BaseHandle):
         )
 
     def forward(self, kb: KerasBatch) -> Any:
-        """Run the model (or ``forward=``) on the batch; wrap its errors in advice."""
-        call = "model(ids)" if self.options.forward is None else "forward="
+        """Run the model (``step=``, ``forward=``) on the batch; wrap its errors in advice."""
+        step, forward = self.options.step, self.options.forward
+        call = "step=" if step else "forward=" if forward else "model(ids)"
+        if call == "model(ids)" and kb.feed is not None:
+            call = "model(x, training=...)"
         return self.call_model(lambda: self._run(kb), kb.numpy, call)
 
     def _run(self, kb: KerasBatch) -> Any:
-        forward = self.options.forward
+        forward, step = self.options.forward, self.options.step
+        if step is not None:
+            with training_scope(self.framework, kb.training):
+                return step(self.model, kb.feed)
+        if forward is None and kb.feed is not None:  # the user's batch=: the model takes x
+            x = kb.feed[0] if isinstance(kb.feed, tuple) else kb.feed
+            return self._declared_order(self.model(x, training=kb.training))
         if forward is None and self._feed is not None:
             numpy = kb.numpy
             inputs = feed(self.backend, self.model_class, self._feed, numpy.ids, numpy.mask)
@@ -200,7 +241,7 @@ class KerasHandle(BaseHandle):
         """Say what went wrong in Keras words (fixed input lengths, the dict inputs fed)."""
         forward = self.options.forward
         feeding = self._feed if forward is None else None
-        return forward_error(self.model, self.model_class, exc, batch, forward, feeding)
+        return forward_error(self.model, self.model_class, exc, batch, forward, feeding, call)
 
     def _declared_order(self, output: Any) -> Any:
         """Return a dict output in the order the model declares its outputs.
@@ -220,7 +261,9 @@ class KerasHandle(BaseHandle):
         return output
 
     def loss(self, output: Any, kb: KerasBatch, plan: LossPlan) -> Any:
-        """Return the seeded scalar loss over the outputs (or the ``loss=`` callable's)."""
+        """Return the seeded scalar loss over the outputs (``loss=``'s, or ``step=``'s)."""
+        if self.options.step is not None:
+            return step_loss(self.backend, output)
         return self.seeded_loss(output, kb, plan)
 
     def _floating(self, output: Any) -> list[Any]:
@@ -286,13 +329,13 @@ class KerasHandle(BaseHandle):
             return self.loss(output, kb, plan), calls.tensors()
 
         done = self.backend.gradients(run, targets, taps=True)
-        if callable(self.options.loss) and not any(
-            map(self.backend.connected, done.grads + done.taps)
-        ):
+        opts = self.options
+        own = "step=" if opts.step is not None else "loss=" if callable(opts.loss) else ""
+        if own and not any(map(self.backend.connected, done.grads + done.taps)):
             raise PadAuditError(
-                "the loss= callable's result does not depend on the embedding tables, so no "
-                "gradient can reach a pad row: pass loss=callable(output, batch) that computes "
-                "a scalar from the output"
+                f"the {own} callable's result does not depend on the embedding tables, so no "
+                f"gradient can reach a pad row: pass {own}callable that computes the loss from "
+                "the model's output"
             )
         by_var = dict(zip(map(id, targets), done.grads, strict=True))
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]

@@ -17,6 +17,8 @@ PIPELINE_FIXES = {
     "labels_at_pads": "pad labels with -100: DataCollatorForTokenClassification(tokenizer, "
     "label_pad_token_id=-100) or DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100), "
     "or labels[attention_mask == 0] = -100 before the loss",
+    "step": "pass the attention mask (every key of the batch) in the step, e.g. "
+    "step=lambda m, b: m(**b).loss",
 }
 
 
