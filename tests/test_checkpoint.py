@@ -127,6 +127,8 @@ def test_in_memory_state_and_nested_checkpoints(tmp_path: Path) -> None:
     assert not audit_checkpoint(numpy_state, pad_idx=0).passed
     checked = audit_checkpoint(numpy_state, pad_idx=0, keys=["emb.weight"])
     assert checked.tables[0].pad_norm == 1.0 and checked.framework == "numpy"
+    (finding,) = checked.findings  # NumPy arrays: plain words, no framework's idiom
+    assert "state['emb.weight'][0] = 0" in finding.fix and "padding_idx" not in finding.why
 
 
 class _Boom:

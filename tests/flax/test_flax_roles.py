@@ -73,3 +73,6 @@ def test_msgpack_checkpoint(tmp_path: Path):
     assert [t.layer for t in report.tables] == ["embed.embedding"]
     zero = audit_checkpoint(path, pad_idx=PAD)  # nnx.Embed starts with a random pad row
     assert not zero.passed
+    (finding,) = zero.findings  # in Flax's words: no state_dict, no padding_idx
+    assert "nnx.to_pure_dict" in finding.fix and f".at[{PAD}].set(0)" in finding.fix
+    assert "state_dict" not in finding.fix and "nnx.Embed" in finding.why

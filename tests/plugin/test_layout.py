@@ -210,3 +210,24 @@ def test_each_handle_subclasses_the_base(framework: str) -> None:
         if isinstance(node, ast.ClassDef) and node.name.endswith("Handle")
     }
     assert bases and all(b == ["BaseHandle"] for b in bases.values()), bases
+
+
+@pytest.mark.parametrize("framework", _adapters())
+def test_each_checkpoint_role_says_its_words(framework: str) -> None:
+    """``audit_checkpoint``'s words for a framework live in its adapter, not in the core."""
+    import importlib
+
+    from pytest_padaudit.core.handle import CheckpointWords
+
+    module = importlib.import_module(f"pytest_padaudit.adapters.{framework}.checkpoint")
+    assert isinstance(module.WORDS, CheckpointWords)
+    assert "{zero}" in module.WORDS.nonzero_fix
+
+
+def test_the_core_keeps_no_framework_word_lists() -> None:
+    """No table keyed by framework name, no optimizer class list, no fix text per framework."""
+    core = PACKAGE / "core"
+    for name in ("stepping.py", "checkpoint.py"):
+        text = (core / name).read_text()
+        for word in ('"torch":', '"keras":', "_TORCH_ZERO", "_KERAS_ZERO", "set_weights"):
+            assert word not in text, (name, word)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..render import report as _text  # noqa: F401 -- installs the reports' text renderer
-from .checkpoint_files import flatten, load
+from .checkpoint_files import checkpoint_words, flatten, load
 from .errors import PadAuditError
 from .result import AuditReport, Finding, TableResult
 
@@ -29,10 +29,6 @@ EXPECTS = ("zero", "unchanged", "finite")
 _TOKEN_PARTS = ("wte", "shared", "emb", "tok_embeddings", "word_emb")
 #: ... and none of its parts names positions, segments or the output head.
 _NOT_TOKENS = ("position", "pos_emb", "wpe", "token_type", "segment", "relative", "norm", "_out")
-_KERAS_ROW = (
-    "Keras initialises every row randomly, the pad row too, and mask_zero keeps it out of "
-    "training, so a non-zero pad row is fine"
-)
 
 
 def audit_checkpoint(
@@ -101,11 +97,9 @@ def audit_checkpoint(
             report.notes.append(f"{key}: not comparable with the baseline (missing or reshaped)")
         report.tables.append(table)
         _judge(report, table, row, change, wanted, float(atol), framework)
-    if framework == "keras" and wanted == ("finite",):
-        report.notes.append(
-            f"{_KERAS_ROW}: without baseline= only finiteness is checked; pass baseline= "
-            "the checkpoint before training to check that training did not move the pad row"
-        )
+    note = checkpoint_words(framework).finite_note
+    if note and wanted == ("finite",):
+        report.notes.append(note)
     for finding in report.findings:
         finding.allowed = finding.cause in allowed
     return report
@@ -158,7 +152,7 @@ def _expect(
     if expect is None:
         if has_baseline:
             return ("unchanged",)
-        return ("finite",) if framework == "keras" else ("zero",)
+        return checkpoint_words(framework).default_expect
     items = (expect,) if isinstance(expect, str) else tuple(expect)
     if not items or any(e not in EXPECTS for e in items):
         raise PadAuditError(
@@ -184,7 +178,8 @@ def _judge(
 ) -> None:
     """Add a finding for each expectation the pad row of ``t`` fails, in ``framework``'s words."""
     where = f"shape [{t.kind.replace('x', ', ')}]"
-    keras = framework == "keras"
+    words = checkpoint_words(framework)
+    zero = words.zero_fix.format(key=t.layer, pad=t.pad_idx)
     if not np.isfinite(row).all():
         report.findings.append(
             Finding(
@@ -196,37 +191,13 @@ def _judge(
                 f"the pad row holds nan/inf ({where})",
                 "training diverged at the pad positions (a division by a zero pad count, "
                 "log(0) at pad positions) or the row was overwritten",
-                "audit the training model (audit(model)) to find where nan/inf enters; "
-                + (_KERAS_ZERO if keras else _TORCH_ZERO).format(key=t.layer, pad=t.pad_idx),
+                f"audit the training model (audit(model)) to find where nan/inf enters; {zero}",
             )
         )
         return
     peak = float(np.abs(row).max(initial=0.0))
     if "zero" in expect and peak > atol:
-        if keras:
-            why = (
-                f"the row trained or was never zeroed: {_KERAS_ROW} only where every layer "
-                "honours the mask; without mask_zero, or with a layer that drops the mask or "
-                "tied output logits, pad tokens train it"
-            )
-            fix = (
-                "audit the training model (audit(model)) to see whether the row trains; if it "
-                "must be zero, "
-                + _KERAS_ZERO.format(key=t.layer, pad=t.pad_idx)
-                + "; expect='unchanged' with baseline= when a non-zero row is by design"
-            )
-        else:
-            why = (
-                "the row trained or was initialised non-zero: a table without padding_idx, "
-                "tied input/output embeddings, weight decay or max_norm on the embedding, or "
-                "an init that overwrote the zero row"
-            )
-            fix = (
-                "audit the training model (audit(model)) to find which; "
-                + _TORCH_ZERO.format(key=t.layer, pad=t.pad_idx)
-                + " when the model never reads it; expect='unchanged' with baseline= when a "
-                "non-zero row is by design"
-            )
+        why, fix = words.nonzero_why, words.nonzero_fix.format(zero=zero)
         report.findings.append(
             Finding(
                 "zero",
@@ -241,25 +212,7 @@ def _judge(
             )
         )
     if "unchanged" in expect and change is not None and not change <= atol:
-        if keras:
-            why = (
-                "training moved the pad row: it received gradient (no mask_zero, a layer "
-                "that drops the mask, tied output logits) or the optimizer moved it (weight "
-                "decay: Keras' AdamW decays by 0.004 by default)"
-            )
-            fix = (
-                "audit the compiled training model with audit(model) (it steps a copy of "
-                "model.optimizer): its findings name the layer, the cause and the fix"
-            )
-        else:
-            why = (
-                "training moved the pad row: it received gradient (no padding_idx, tied LM "
-                "head) or the optimizer moved it (weight decay, momentum)"
-            )
-            fix = (
-                "run audit(model, optimizer=...) on the training model: its findings name "
-                "the layer, the cause and the fix"
-            )
+        why, fix = words.changed_why, words.changed_fix
         t.update_cause = "pad_row_changed"
         report.findings.append(
             Finding(
@@ -274,13 +227,6 @@ def _judge(
                 fix,
             )
         )
-
-
-_TORCH_ZERO = "zero the row before release (state_dict[{key!r}][{pad}] = 0)"
-_KERAS_ZERO = (
-    "zero it before saving: w = layer.get_weights(); w[0][{pad}] = 0; layer.set_weights(w) "
-    "(layer: the Embedding saved as {key!r})"
-)
 
 
 # -- selection ------------------------------------------------------------------------

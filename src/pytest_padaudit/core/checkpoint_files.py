@@ -12,15 +12,36 @@ import io
 import os
 import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..adapters.flax import checkpoint as flax_files
 from ..adapters.flax.checkpoint import msgpack_state
+from ..adapters.keras import checkpoint as keras_files
 from ..adapters.keras.checkpoint import h5_arrays
+from ..adapters.torch import checkpoint as torch_files
 from ..adapters.torch.checkpoint import torch_installed, torch_load
 from .errors import PadAuditError
+from .handle import CheckpointWords
+
+#: words for a mapping of NumPy arrays: no framework's idiom to speak.
+_NUMPY = replace(
+    torch_files.WORDS,
+    zero_fix="zero the row before release (state[{key!r}][{pad}] = 0)",
+    nonzero_why="the row trained or was initialised non-zero",
+    changed_why="training moved the pad row: it received gradient or the optimizer moved it",
+)
+
+
+def checkpoint_words(framework: str) -> CheckpointWords:
+    """Return what the findings say about ``framework``'s saved pad rows (its adapter's)."""
+    by_framework = {"torch": torch_files, "keras": keras_files, "flax": flax_files}
+    found = by_framework.get(framework)
+    return found.WORDS if found is not None else _NUMPY
+
 
 Row = Callable[[int], np.ndarray]
 

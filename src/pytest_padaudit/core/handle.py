@@ -73,6 +73,25 @@ class OptimizerInfo:
     note: str | None = None
 
 
+@dataclass(frozen=True)
+class CheckpointWords:
+    """What ``audit_checkpoint`` says about a framework's saved pad rows, in its idiom.
+
+    ``zero_fix`` is formatted with ``key`` (the saved name) and ``pad`` (the pad id).
+    """
+
+    #: the expectations without ``expect=`` or ``baseline=``.
+    default_expect: tuple[str, ...]
+    zero_fix: str
+    nonzero_why: str
+    #: the fix of a non-zero pad row, formatted with ``zero`` (``zero_fix`` formatted).
+    nonzero_fix: str
+    changed_why: str
+    changed_fix: str
+    #: a note added when only finiteness is checked, else None.
+    finite_note: str | None = None
+
+
 @dataclass
 class Trace:
     """Module inputs and outputs, in the order the modules finished.

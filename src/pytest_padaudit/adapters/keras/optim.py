@@ -14,11 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from ...core.stepping import ELEMENTWISE as STEPPED_ALONE
 from .backends.base import Backend
 
-#: optimizer classes (by name, in keras.optimizers) that update element by element.
-ELEMENTWISE = STEPPED_ALONE["keras"]
+#: optimizer classes (by name, in keras.optimizers) that update element by element; an
+#: exact class match: a subclass may step differently.
+ELEMENTWISE = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Nadam",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "Ftrl",
+    "Lion",
+)
 
 
 def elementwise(keras: Any, optimizer: Any) -> bool:

@@ -7,6 +7,30 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import PadAuditError
+from ...core.handle import CheckpointWords
+
+#: what audit_checkpoint says about a PyTorch checkpoint's pad rows.
+WORDS = CheckpointWords(
+    default_expect=("zero",),
+    zero_fix="zero the row before release (state_dict[{key!r}][{pad}] = 0)",
+    nonzero_why=(
+        "the row trained or was initialised non-zero: a table without padding_idx, "
+        "tied input/output embeddings, weight decay or max_norm on the embedding, or "
+        "an init that overwrote the zero row"
+    ),
+    nonzero_fix=(
+        "audit the training model (audit(model)) to find which; {zero} when the model never "
+        "reads it; expect='unchanged' with baseline= when a non-zero row is by design"
+    ),
+    changed_why=(
+        "training moved the pad row: it received gradient (no padding_idx, tied LM "
+        "head) or the optimizer moved it (weight decay, momentum)"
+    ),
+    changed_fix=(
+        "run audit(model, optimizer=...) on the training model: its findings name "
+        "the layer, the cause and the fix"
+    ),
+)
 
 
 def torch_installed() -> bool:

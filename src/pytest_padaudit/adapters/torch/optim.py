@@ -16,11 +16,24 @@ import torch
 from torch import nn
 
 from ...core.errors import PadAuditError
-from ...core.stepping import ELEMENTWISE as STEPPED_ALONE
 
-#: optimizers whose update of an element depends on that element's gradient and state only.
+#: torch.optim classes whose update of an element depends on that element's gradient and
+#: state only; an exact class match: a subclass may step differently.
+STEPPED_ALONE = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "ASGD",
+    "Rprop",
+)
 ELEMENTWISE = frozenset(
-    getattr(torch.optim, name) for name in STEPPED_ALONE["torch"] if hasattr(torch.optim, name)
+    getattr(torch.optim, name) for name in STEPPED_ALONE if hasattr(torch.optim, name)
 )
 HINT = (
     "pass optimizer= an optimizer class, an optimizer instance (its class and "
