@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
+from importlib.metadata import PackageNotFoundError, distribution
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -15,9 +15,18 @@ def pytest_configure() -> None:
     imports ~300 modules lazily on its first optimizer step, and refuses to register its
     operator libraries twice. Importing them once here keeps them across pytester runs.
     """
-    if importlib.util.find_spec("torch") is not None:
+    if _installed("torch"):  # not find_spec: tests/torch/ is a folder named torch
         import torch
 
         from pytest_padaudit import audit
 
         audit(torch.nn.Embedding(4, 2, padding_idx=0), seq_len=2, batch_size=2)
+
+
+def _installed(name: str) -> bool:
+    """Say whether the distribution ``name`` is installed (without importing it)."""
+    try:
+        distribution(name)
+    except PackageNotFoundError:
+        return False
+    return True
