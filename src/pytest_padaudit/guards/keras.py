@@ -74,7 +74,8 @@ class KerasPadGuard(keras.callbacks.Callback):
     :class:`~pytest_padaudit.PadLeakError` naming the table, pad id, step, max|Δ| and the
     likely cause, or, with ``on_leak="warn"``, warn with ``PadLeakWarning`` and train on.
     Keras hands callbacks no batch and no gradient, so this guard runs no pipeline check
-    and tells weight decay from a gradient leak by how the row moved.
+    (``audit(model, batch=(x, y), step=...)`` in a test runs them on a real batch) and
+    tells weight decay from a gradient leak by how the row moved.
     """
 
     def __init__(
