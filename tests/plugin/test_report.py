@@ -240,7 +240,7 @@ def test_bad_report_value_is_a_usage_error(demo: pytest.Pytester) -> None:
     result = demo.runpytest("--padaudit-report=html")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*--padaudit-report='html' is not a padaudit report: pass term, json, json:PATH, md*"]
+        ["*--padaudit-report='html' is not a padaudit report: pass term, json, json:PATH, json-*"]
     )
 
 
@@ -301,12 +301,13 @@ def test_failing_audit_attaches_the_reproduction(demo: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert out.count(" padaudit reproduction ") == 1
     assert out.index("PadLeakError") < out.index(" padaudit reproduction ")
+    # each line once: reproduce and rerun are in the failure message, not again below it
+    assert out.count("reproduce: audit(model, pad_idx=0, seed=3)") == 1
+    assert out.count("rerun:     pytest 'test_report_demo.py::test_leaky' --padaudit-seed=3") == 1
     result.stdout.fnmatch_lines(
         [
             "*- padaudit reproduction -*",
             "model:     Tiny (torch), seed 3",
-            "reproduce: audit(model, pad_idx=0, seed=3)",
-            "rerun:     pytest 'test_report_demo.py::test_leaky' --padaudit-seed=3",
             'options:   {"allow": [], *"pad_idx": 0, *"seed": 3, *}',
             "batch:     pad id 0, right padding, lengths [[]16, *], seed 3; ids:",
             "  [[]*, 0]",
@@ -521,3 +522,11 @@ def test_summary_counts_audited_tables_and_a_finding_without_table() -> None:
 def test_json_text_is_strict() -> None:
     text = render.dump_json(render.build_json([_audit("t::x", "emb", leak=True)], "g"))
     assert json.loads(text)["audits"][0]["invariance"]["value"] == "inf"
+
+
+def test_json_is_compact_and_json_pretty_is_indented(demo: pytest.Pytester) -> None:
+    demo.runpytest("--padaudit-report=json:small.json", "--padaudit-report=json-pretty:big.json")
+    small, big = (demo.path / "small.json").read_text(), (demo.path / "big.json").read_text()
+    assert json.loads(small) == json.loads(big)
+    assert small.count("\n") == 1 and '"version":1' in small  # one line, no spaces
+    assert '\n  "version": 1,' in big and len(big) > 2 * len(small)

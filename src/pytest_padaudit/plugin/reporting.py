@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import __version__
+from ..core.errors import PadAuditError
 
 if TYPE_CHECKING:
     from ..core.result import AuditReport
@@ -27,13 +28,19 @@ REPORTS = pytest.StashKey[list["AuditReport"]]()
 #: the TestReport attribute that holds the audits run since the previous report.
 ATTR = "padaudit_audits"
 SECTION = "padaudit reproduction"
-KINDS = ("term", "json", "md")
-DEFAULT_PATHS = {"json": "padaudit-report.json", "md": "padaudit-report.md"}
+KINDS = ("term", "json", "json-pretty", "md")
+DEFAULT_PATHS = {
+    "json": "padaudit-report.json",
+    "json-pretty": "padaudit-report.json",
+    "md": "padaudit-report.md",
+}
 _HINT = (
-    "pass term, json, json:PATH, md or md:PATH (repeat the option for several reports; "
+    "pass term, json, json:PATH, json-pretty[:PATH] (indented), md or md:PATH (repeat the option for several reports; "
     "none drops the reports given before it)"
 )
 _SENT = pytest.StashKey[int]()
+#: the installed package: its frames are left out of a usage error's traceback.
+PACKAGE = Path(__file__).resolve().parents[1]
 _MARKUP = {
     "leak": {"red": True, "bold": True},
     "allowed": {"yellow": True},
@@ -73,7 +80,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="TYPE",
         dest="padaudit_report",
-        help="after the run, report every audit: term (the default), json[:PATH], md[:PATH] "
+        help="after the run, report every audit: term (the default), json[:PATH] (compact), "
+        "json-pretty[:PATH] (indented), md[:PATH] "
         "(paths default to padaudit-report.json/.md; md alone appends to "
         "$GITHUB_STEP_SUMMARY when set); repeatable; none: no report (ini: padaudit_report)",
     )
@@ -127,7 +135,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the audits run since the last report: JUnit properties, data, reproduction."""
+    """Attach the audits run since the last report: JUnit properties, data, reproduction.
+
+    A usage error from ``audit()`` or the fixture is shown at the user's line, as the
+    marker's is: the frames inside padaudit are left out (``--fulltrace`` keeps them).
+    """
+    _user_frames_only(item, call)
     audits = item.stash.get(REPORTS, [])[item.stash.get(_SENT, 0) :]
     if not audits:  # the common case: nothing to attach, and nothing imported
         return (yield)
@@ -141,6 +154,35 @@ def pytest_runtest_makereport(
     setattr(report, ATTR, new)
     report.sections.extend((SECTION, render.reproduction(a)) for a in new if not a["passed"])
     return report
+
+
+def _user_frames_only(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    excinfo = call.excinfo
+    if (
+        excinfo is None
+        or not isinstance(excinfo.value, PadAuditError)
+        or item.config.getoption("fulltrace", False)
+    ):
+        return
+    kept = [e._rawentry for e in excinfo.traceback if not _inside_padaudit(e.path)]
+    if not kept or len(kept) == len(excinfo.traceback):
+        return  # raised by padaudit alone (the marker's path), or through no frame of ours
+    for raw, after in zip(kept, [*kept[1:], None], strict=True):
+        raw.tb_next = after  # relink: pytest rebuilds tracebacks from the raw chain
+    excinfo.traceback = _pytest_traceback(kept[0])
+
+
+def _pytest_traceback(tb: Any) -> Any:
+    from _pytest._code import Traceback
+
+    return Traceback(tb)
+
+
+def _inside_padaudit(path: Any) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(PACKAGE)
+    except (TypeError, ValueError, OSError):
+        return False
 
 
 class ReportSession:
@@ -166,13 +208,13 @@ class ReportSession:
 
         audits = self.ordered()
         for target in self.targets:
-            if target.kind == "json":
+            if target.kind in ("json", "json-pretty"):
                 data = render.build_json(audits, f"pytest-padaudit {__version__}")
                 self.config.hook.pytest_padaudit_report_json(config=self.config, data=data)
                 from ..core.hooks import plugin_manager
 
                 plugin_manager().hook.padaudit_report_json(config=self.config, data=data)
-                self._write(target, render.dump_json(data))
+                self._write(target, render.dump_json(data, pretty=target.kind != "json"))
             elif target.kind == "md":
                 self._write(target, render.render_markdown(audits))
 

@@ -293,9 +293,9 @@ class ModelItem(_ZeroCodeItem):
         if callable(batch) and not hasattr(batch, "shape"):
             options["batch"] = batch()  # a function that returns the batch
         report = self.config.stash[AUDIT](self, model, options)
-        self.add_report_section("call", "padaudit", str(report))
-        if not report.passed:
+        if not report.passed:  # the failure message holds the report: print it once
             pytest.fail(report.failure_message(), pytrace=False)
+        self.add_report_section("call", "padaudit", str(report))  # shown by -rP
 
 
 class CheckpointItem(_ZeroCodeItem):
@@ -312,6 +312,6 @@ class CheckpointItem(_ZeroCodeItem):
         report = audit_checkpoint(self.file, **self.options)
         report.test = self.nodeid  # reported like a model audit (--padaudit-report, JUnit)
         self.config.stash[KEEP](self, report)
-        self.add_report_section("call", "padaudit", str(report))
-        if not report.passed:
+        if not report.passed:  # the failure message holds the report: print it once
             pytest.fail(report.failure_message(), pytrace=False)
+        self.add_report_section("call", "padaudit", str(report))  # shown by -rP

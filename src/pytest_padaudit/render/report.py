@@ -321,9 +321,10 @@ def build_json(audits: Sequence[Audit], generator: str) -> dict[str, Any]:
     }
 
 
-def dump_json(data: Mapping[str, Any]) -> str:
-    """Return ``data`` as strict, indented JSON text."""
-    return json.dumps(primitives(data), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+def dump_json(data: Mapping[str, Any], *, pretty: bool = False) -> str:
+    """Return ``data`` as strict JSON text: compact, or indented when ``pretty``."""
+    layout: dict[str, Any] = {"indent": 2} if pretty else {"separators": (",", ":")}
+    return json.dumps(primitives(data), allow_nan=False, ensure_ascii=False, **layout) + "\n"
 
 
 def _md(text: str) -> str:
@@ -386,14 +387,14 @@ def junit_properties(audit: Audit) -> list[tuple[str, str]]:
 
 
 def reproduction(audit: Audit) -> str:
-    """Return what repeats a failed audit: seed, call, options and the batch's ids.
+    """Return what the failure message lacks to repeat a failed audit: options, batch ids.
 
-    The shrunk batch is in the failure message, shown just above this section.
+    The reproduce and rerun lines and the shrunk batch are in the failure message, shown
+    just above this section: each line is printed once.
     """
     batch = audit["batch"]
     lines = [
         f"model:     {audit['model']} ({audit['framework']}){_seed(audit['seed'])}",
-        *reproduce_lines(audit),
         f"options:   {json.dumps(primitives(audit['options']), sort_keys=True)}",
     ]
     if batch:  # a checkpoint audit has no batch
