@@ -55,7 +55,7 @@ def test_a_usage_error_from_the_fixture_or_audit_shows_only_the_users_frames(
             "E       pytest_padaudit.PadAuditError: unknown padaudit option 'sed' "
             "(did you mean 'sed' -> 'seed'?)*",
             "test_typo.py:6: PadAuditError",
-            ">       audit(Mean(), pad_idx=0, allow=(\"tie\",))",
+            '>       audit(Mean(), pad_idx=0, allow=("tie",))',
             "E       *allow=('tie',) is not valid (did you mean 'tie' -> 'tied'?)*",
             "test_typo.py:10: PadAuditError",
         ]

@@ -35,8 +35,8 @@ DEFAULT_PATHS = {
     "md": "padaudit-report.md",
 }
 _HINT = (
-    "pass term, json, json:PATH, json-pretty[:PATH] (indented), md or md:PATH (repeat the option for several reports; "
-    "none drops the reports given before it)"
+    "pass term, json, json:PATH, json-pretty[:PATH] (indented), md or md:PATH (repeat the "
+    "option for several reports; none drops the reports given before it)"
 )
 _SENT = pytest.StashKey[int]()
 #: the installed package: its frames are left out of a usage error's traceback.
