@@ -155,13 +155,14 @@ class UnmaskedMean(nn.Module):
 
 def sentence_transformer(pooling: str) -> Any:
     def build(path: Path) -> nn.Module:
-        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
         folder = _write_bert(path)
         torch.manual_seed(0)
-        word = models.Transformer(str(folder), max_seq_length=64)
-        dim = word.get_word_embedding_dimension()
-        pool = UnmaskedMean() if pooling == "unmasked" else models.Pooling(dim, pooling)
+        word = Transformer(str(folder), max_seq_length=64)
+        dim = word.get_embedding_dimension()
+        pool = UnmaskedMean() if pooling == "unmasked" else Pooling(dim, pooling)
         return SentenceTransformer(modules=[word, pool], device="cpu")
 
     return build

@@ -76,3 +76,29 @@ def test_a_failing_zero_code_audit_prints_its_report_once(pytester: pytest.Pytes
     assert out.count("reproduce: audit(model, pad_idx=0, seed=0)") == 1
     assert out.count("the pad row is not zero") == 1  # the note, once
     assert "Captured padaudit call" not in out
+
+
+def test_a_pad_mismatch_is_a_cause_under_grad_in_the_verdict_column(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_mismatch="""
+        import pytest
+        from torch import nn
+
+
+        @pytest.fixture
+        def model():
+            return nn.Embedding(20, 4, padding_idx=1)  # the data pads with 0
+
+
+        @pytest.mark.padaudit(pad_idx=0, checks=("grad",))
+        def test_model(model):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--padaudit-report")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*[[]grad[]] (model) (pad id 0): the batch pads with 0*"])
+    (row,) = [line for line in result.stdout.lines if "LEAK" in line]
+    assert "LEAK: grad" in row and "pad_idx" not in row.split("LEAK")[1]

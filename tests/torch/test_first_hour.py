@@ -317,7 +317,7 @@ def test_dash_m_padaudit_selects_every_test_that_audits(suite):
 
 
 def _line(out: str, label: str) -> str:
-    match = re.search(rf"^\W*{label}:\s+(.*)$", out, re.MULTILINE)
+    match = re.search(rf"^(?:E\s+)?\W*{label}:\s+(.*)$", out, re.MULTILINE)  # E: raised
     assert match, out
     return match.group(1).strip()
 

@@ -338,3 +338,34 @@ def test_padaudit_model_takes_a_sentence_transformer_factory(pytester, tmp_path,
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "stfactories:leaky" in out and "attention_mask" in out and "MeanOverAll" in out
+
+
+def test_cross_encoder_is_fed_its_features_with_its_tokenizers_pad_id(tmp_path):
+    """A CrossEncoder (a sibling of SentenceTransformer) audited with no options at all."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+        num_labels=1,
+    )
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    model = st.CrossEncoder(str(tmp_path), device="cpu")
+    word = model[0].model.bert.embeddings.word_embeddings
+
+    def scores(model, ids, mask):  # the library's own forward on its features dict
+        features = {"input_ids": ids, "attention_mask": mask.long(), "token_type_ids": 0 * ids}
+        return [model(features)["scores"]]
+
+    pad_grad, moved = truth(model, scores, word, pad=0)
+    report = audit(model)  # failed with AttributeError: 'Tensor' object has no attribute 'get'
+    table = next(t for t in report.tables if t.layer.endswith("word_embeddings"))
+    assert table.pad_idx == model.tokenizer.pad_token_id == 0
+    assert (pad_grad, table.grad) == (0.0, 0.0)
+    assert moved < 1e-4 and report.invariance.value < 1e-4
+    assert report.passed, str(report)

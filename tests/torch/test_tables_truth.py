@@ -320,8 +320,10 @@ def test_pad_idx_that_disagrees_with_padding_idx_pads_the_batch_and_is_a_finding
     report = audit(model, pad_idx=3)
     assert report.batch["pad_idx"] == 3
     causes = {(f.check, f.cause) for f in report.findings if not f.allowed}
-    assert ("pad_idx", "pad_mismatch") in causes and ("grad", "pad_mismatch") in causes
-    mismatch = next(f for f in report.findings if f.check == "pad_idx")
+    assert causes == {("grad", "pad_mismatch"), ("update", "pad_mismatch")}, causes
+    # the checks are the README's: the mismatch is a cause under grad, not a check of its own
+    assert {f.check for f in report.findings} <= {"grad", "update", "invariance"}
+    mismatch = next(f for f in report.findings if "own pad id is" in f.message)
     assert "pads with 3" in mismatch.message and "own pad id is 0" in mismatch.message
     assert "padding_idx=3" in mismatch.fix
     assert audit(model, pad_idx=3, allow=("pad_mismatch",)).passed
@@ -367,8 +369,8 @@ def test_tokenizer_gives_pad_id_and_side_and_is_checked_against_config(tmp_path)
     assert other.pad_token_id == 3
     report = audit(model, tokenizer=other, checks=("grad",))
     assert report.batch["pad_idx"] == 3
-    found = [f for f in report.findings if f.check == "pad_idx"]
-    assert [f.cause for f in found] == ["pad_mismatch"]
+    found = [f for f in report.findings if "own pad id is" in f.message]
+    assert [(f.check, f.cause) for f in found] == [("grad", "pad_mismatch")]
     assert "tokenizer.pad_token_id" in found[0].why and "0" in found[0].why
     with pytest.raises(PadAuditError, match=r"disagrees with tokenizer\.pad_token_id=3"):
         audit(model, tokenizer=other, pad_idx=0)

@@ -17,6 +17,7 @@ values are a ``nonfinite`` finding, never an invariance leak.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,8 @@ def check_invariance(
     try:
         run_b = handle.invariance_pass(wide, plan_b, tables)
     except PadAuditError as exc:
+        if not refuses_width(exc):  # a real fault: never measured away by a substitute
+            return _faulted(batch, wide, report, exc)
         why = f"the model cannot take the wider batch {wide.shape}: {_first_line(exc)}"
         return _perturbed(handle, batch, tables, opts, report, plan_a, run_a, why)
     truth = grown_axes(plan_a.shapes, plan_b.shapes, wide.extra)
@@ -190,6 +193,48 @@ def _judge(
         )
     )
     return result
+
+
+#: what a model says when it refuses a batch for its width (shapes, lengths, positions).
+_WIDTH = re.compile(
+    r"shape|size|dimension|\bdims?\b|length|incompatible|mismatch|broadcast|out of range|"
+    r"out of bounds|position|expect|exactly|must match|must be compatible|tokens",
+    re.I,
+)
+#: what a real fault says: memory, a device, a resource, whatever the width.
+_FAULT = re.compile(r"out of memory|\boom\b|resource ?exhausted|memoryerror", re.I)
+
+
+def refuses_width(exc: BaseException) -> bool:
+    """Say whether ``exc`` (a wrapped model error) refuses the batch for its shape alone.
+
+    Only such a refusal may switch to noise at the pad vectors; any other fault (memory,
+    a device, a bug that shows at one width) is reported, never measured around.
+    """
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = f"{type(cause).__name__}: {cause}"
+    if isinstance(cause, MemoryError) or _FAULT.search(text):
+        return False
+    if exc.__cause__ is None:  # padaudit's own words (a fixed input length, ...)
+        return True
+    return isinstance(cause, IndexError) or bool(_WIDTH.search(text))
+
+
+def _faulted(
+    batch: PadBatch, wide: PadBatch, report: AuditReport, exc: Exception
+) -> InvarianceResult:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    reason = (
+        f"the model raised {type(cause).__name__} on the wider batch {wide.shape}, which is "
+        f"not a refusal of its shape: {_first_line(cause)}"
+    )
+    message = "invariance was not checked: the model failed on the wider batch"
+    fix = (
+        "fix what the model raised (run it on a batch of that shape), or accept the unchecked "
+        "invariance with allow=('not_checked',)"
+    )
+    report.findings.append(_unmeasured(batch, "not_checked", message, reason, fix))
+    return InvarianceResult(skipped=reason)
 
 
 def _not_checked(batch: PadBatch, report: AuditReport, why: str, because: str) -> InvarianceResult:

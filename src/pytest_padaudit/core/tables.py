@@ -173,8 +173,8 @@ def mismatch_words(handle: ModelHandle, t: Table, opts: AuditOptions) -> tuple[s
 def _mismatch_finding(handle: ModelHandle, t: Table, opts: AuditOptions) -> Finding:
     cause, why, fix = mismatch_words(handle, t, opts)
     source = pad_source(opts, t.pad_idx)
-    return Finding(
-        "pad_idx",
+    return Finding(  # a cause under grad: the row the data pads with is the one that trains
+        "grad",
         t.path,
         t.pad_idx,
         float(t.pad_idx),

@@ -33,10 +33,16 @@ from .tables import uncompiled
 
 
 def is_sentence_transformer(model: object) -> bool:
-    """Say whether ``model`` is a ``sentence_transformers.SentenceTransformer``."""
+    """Say whether ``model`` is a sentence-transformers model fed a features dict.
+
+    ``SentenceTransformer``, ``CrossEncoder`` and ``SparseEncoder`` are siblings under
+    ``sentence_transformers.base.model.BaseModel``: a Sequential of modules whose first one
+    wraps the transformers model.
+    """
     module = sys.modules.get("sentence_transformers")
-    cls = getattr(module, "SentenceTransformer", None)
-    return isinstance(cls, type) and isinstance(model, cls)
+    classes = [getattr(module, "SentenceTransformer", None)]
+    classes.append(getattr(sys.modules.get("sentence_transformers.base.model"), "BaseModel", None))
+    return any(isinstance(cls, type) and isinstance(model, cls) for cls in classes)
 
 
 def is_peft_model(model: object) -> bool:
@@ -263,7 +269,7 @@ class PeftHFHandle(LoraMixin, HFHandle):
 
 
 class SentenceTransformerHandle(LoraMixin, HFHandle):
-    """Audit a ``SentenceTransformer``: features dict in, features dict out."""
+    """Audit a ``SentenceTransformer`` (or ``CrossEncoder``): features dict in and out."""
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         TorchHandle.__init__(self, model, options)
