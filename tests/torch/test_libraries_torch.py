@@ -24,10 +24,13 @@ VOCAB = 30
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
 
 
-def save_bert(path, pad_token_id: int = 0) -> str:
-    """Save a tiny BertModel and its BertTokenizerFast (vocab written here) to ``path``."""
+def save_bert(path, pad_token_id: int = 0, head: str = "BertModel", **config: int) -> str:
+    """Save a tiny BERT (``head``: a transformers class name) and its tokenizer to ``path``.
+
+    The BertTokenizerFast's vocab is written here; ``config`` adds to the BertConfig.
+    """
     torch.manual_seed(0)
-    config = transformers.BertConfig(
+    tiny = transformers.BertConfig(
         vocab_size=VOCAB,
         hidden_size=8,
         num_hidden_layers=1,
@@ -35,8 +38,9 @@ def save_bert(path, pad_token_id: int = 0) -> str:
         intermediate_size=16,
         max_position_embeddings=32,
         pad_token_id=pad_token_id,
+        **config,
     )
-    transformers.BertModel(config).save_pretrained(path)
+    getattr(transformers, head)(tiny).save_pretrained(path)
     (path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
     transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
     return str(path)
@@ -342,20 +346,8 @@ def test_padaudit_model_takes_a_sentence_transformer_factory(pytester, tmp_path,
 
 def test_cross_encoder_is_fed_its_features_with_its_tokenizers_pad_id(tmp_path):
     """A CrossEncoder (a sibling of SentenceTransformer) audited with no options at all."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=32,
-        num_labels=1,
-    )
-    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path)
-    (tmp_path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
-    model = st.CrossEncoder(str(tmp_path), device="cpu")
+    path = save_bert(tmp_path, head="BertForSequenceClassification", num_labels=1)
+    model = st.CrossEncoder(path, device="cpu")
     word = model[0].model.bert.embeddings.word_embeddings
 
     def scores(model, ids, mask):  # the library's own forward on its features dict
