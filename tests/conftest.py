@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from importlib.metadata import PackageNotFoundError, distribution
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -30,3 +32,13 @@ def _installed(name: str) -> bool:
     except PackageNotFoundError:
         return False
     return True
+
+
+@pytest.fixture(params=[False, True], ids=["local", "on-CI"])
+def ci(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the test as on a developer's machine and as on CI, where pytest prints more."""
+    for name in ("CI", "BUILD_NUMBER"):  # what pytest's running_on_ci() reads
+        monkeypatch.delenv(name, raising=False)
+    if request.param:
+        monkeypatch.setenv("CI", "true")
+    return bool(request.param)

@@ -295,7 +295,7 @@ def test_junit_xml_carries_each_audit_as_properties(demo: pytest.Pytester) -> No
     assert props["test_clean"][0] == ("padaudit", "Tiny (torch), seed 0: passed (1 table)")
 
 
-def test_failing_audit_attaches_the_reproduction(demo: pytest.Pytester) -> None:
+def test_failing_audit_attaches_the_reproduction(demo: pytest.Pytester, ci: bool) -> None:
     result = demo.runpytest("--padaudit-seed=3")
     result.assert_outcomes(passed=3, failed=1)
     out = result.stdout.str()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .. import __version__
-from ..core.errors import PadAuditError
+from ..core.errors import PadAuditError, PadLeakError
 
 if TYPE_CHECKING:
     from ..core.result import AuditReport
@@ -143,7 +143,7 @@ def pytest_runtest_makereport(
     _user_frames_only(item, call)
     audits = item.stash.get(REPORTS, [])[item.stash.get(_SENT, 0) :]
     if not audits:  # the common case: nothing to attach, and nothing imported
-        return (yield)
+        return _headline_only(call, (yield))
     from ..render import report as render  # rendering loads only when an audit ran
 
     new = [render.primitives(a.to_dict()) for a in audits]
@@ -153,6 +153,15 @@ def pytest_runtest_makereport(
     report = yield
     setattr(report, ATTR, new)
     report.sections.extend((SECTION, render.reproduction(a)) for a in new if not a["passed"])
+    return _headline_only(call, report)
+
+
+def _headline_only(call: pytest.CallInfo[None], report: pytest.TestReport) -> pytest.TestReport:
+    """Keep the short summary to the error's first line; on CI pytest prints it whole."""
+    if call.excinfo is not None and isinstance(call.excinfo.value, PadAuditError | PadLeakError):
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if crash is not None and crash.message:
+            crash.message = crash.message.splitlines()[0]
     return report
 
 

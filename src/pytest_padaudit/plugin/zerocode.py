@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..core.errors import PadAuditError
+from ..core.errors import PadAuditError, PadLeakError
 
 if TYPE_CHECKING:
     from ..core.result import AuditReport
@@ -261,8 +261,11 @@ def _checkpoint_item(session: pytest.Session, spec: str, base: Path) -> pytest.I
 
 class _ZeroCodeItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, PadAuditError):
-            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        if isinstance(excinfo.value, PadAuditError | PadLeakError):  # the message, no frames
+            shown = excinfo.getrepr(style="value")
+            lines = shown.reprtraceback.reprentries[-1].lines  # str(error), split
+            lines[0] = f"{type(excinfo.value).__name__}: {lines[0]}"
+            return shown
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -294,7 +297,7 @@ class ModelItem(_ZeroCodeItem):
             options["batch"] = batch()  # a function that returns the batch
         report = self.config.stash[AUDIT](self, model, options)
         if not report.passed:  # the failure message holds the report: print it once
-            pytest.fail(report.failure_message(), pytrace=False)
+            raise PadLeakError(report.failure_message())
         self.add_report_section("call", "padaudit", str(report))  # shown by -rP
 
 
@@ -313,5 +316,5 @@ class CheckpointItem(_ZeroCodeItem):
         report.test = self.nodeid  # reported like a model audit (--padaudit-report, JUnit)
         self.config.stash[KEEP](self, report)
         if not report.passed:  # the failure message holds the report: print it once
-            pytest.fail(report.failure_message(), pytrace=False)
+            raise PadLeakError(report.failure_message())
         self.add_report_section("call", "padaudit", str(report))  # shown by -rP
