@@ -38,7 +38,7 @@ def test_the_shrunk_batch_reproduces_in_three_lines_of_plain_keras():
     report = audit(model, checks=("grad",))
     small = report.smallest
     assert small is not None and small["sequences"] == 1 and small["runs"] <= 12
-    code = report.failure_message().split("plain keras reproduction:\n")[1].split("\n")[:3]
+    code = report.failure_message().split("plain keras reproduction:\n")[1].split("\n")[:4]
     printed = []
     exec(
         "\n".join(line.strip() for line in code),

@@ -30,9 +30,7 @@ SCRIPT = textwrap.dedent(
     if keras.config.backend() == "torch":
         assert all(v.value.grad is None for v in model.variables), "the audit left .grad"
     print(message)
-    import importlib  # the snippet uses what a user of the backend has imported
-    globals()[keras.config.backend()] = importlib.import_module(keras.config.backend())
-    code = message.split("reproduction:\\n")[1].splitlines()[:3]
+    code = message.split("reproduction:\\n")[1].splitlines()[:4]  # it imports what it uses
     print("SNIPPET", "\\n".join(line.strip() for line in code))
     for line in code:
         exec(line.strip())

@@ -227,6 +227,11 @@ engine.find_handle = _find_counted
 
 def pytest_sessionfinish(session):
     print("COUNTS", COUNTS["validated"], COUNTS["handles"])
+
+
+def pytest_unconfigure(config):  # in-process runs share padaudit's modules: put them back
+    options._VALIDATORS.update(_validators)
+    engine.find_handle = _find
 """
     )
     suite.makepyfile(
@@ -455,9 +460,9 @@ def test_the_smallest_failing_batch_is_shrunk_and_its_three_lines_reproduce(monk
     assert small["real_tokens"] == 1 and small["pads"] == 1
     message = report.failure_message()
     assert f"ids = {small['ids']}" in message
-    code = message.split("plain torch reproduction:\n")[1].split("\n")[:3]
+    code = message.split("plain torch reproduction:\n")[1].split("\n")[:4]
     printed = []
-    exec(  # the three pasted lines, with plain torch only
+    exec(  # the pasted lines, with plain torch only
         "\n".join(line.strip() for line in code),
         {"torch": torch, "model": model, "print": printed.append},
     )

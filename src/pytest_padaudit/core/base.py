@@ -207,6 +207,11 @@ class BaseHandle(ABC):
         """Return the model's vocabulary size when it declares one (else None)."""
         return None
 
+    def weights_expression(self, path: str) -> str | None:
+        """Return Python source that gives table ``path``'s weights from ``model``, the
+        same in every process (never an auto-generated name); None: the adapter has none."""
+        return None
+
     def reset(self) -> None:
         """Put the model back as preserve() found it (declare ``can_reset``)."""
         raise NotImplementedError

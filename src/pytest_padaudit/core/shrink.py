@@ -142,9 +142,11 @@ class Shrinker:
         if best is batch:
             return None
         real = int(best.lengths.sum())
+        weights = getattr(self.handle, "weights_expression", None)
         return {
             "check": self.target.check,
             "layer": self.target.layer,
+            "weights": weights(self.target.layer) if callable(weights) else None,
             "ids": best.ids.tolist(),
             "pad_idx": int(best.pad_idx),
             "padding_side": best.padding_side,

@@ -116,8 +116,14 @@ def rerun_line(test: str, seed: int | None) -> str:
 
 
 def snippet(framework: str, smallest: dict[str, Any], backend: str | None = None) -> list[str]:
-    """Return three lines of plain PyTorch or Keras (on ``backend``) that show the leak."""
+    """Return the lines of plain PyTorch or Keras (on ``backend``) that show the leak.
+
+    They run in a fresh interpreter where ``model`` is the audited model: the imports
+    come first, and the table is named as ``smallest["weights"]`` says (never by an
+    auto-generated name, which depends on what the process built before).
+    """
     ids, pad, layer = smallest["ids"], smallest["pad_idx"], smallest["layer"]
+    weights = smallest.get("weights")
     wider = (
         [row + [pad] * 4 for row in ids]
         if smallest["padding_side"] == "right"
@@ -125,22 +131,26 @@ def snippet(framework: str, smallest: dict[str, Any], backend: str | None = None
     )
     if framework == "torch":
         if smallest["check"] in ("grad", "update"):
+            weights = weights or f"model.get_submodule({layer!r}).weight"
             return [
+                "import torch",
                 f"ids = torch.tensor({ids})",
                 "out = model(ids); out = out if torch.is_tensor(out) else out[0]; "
                 "(out * torch.rand_like(out)).sum().backward()",
-                f"print(model.get_submodule({layer!r}).weight.grad[{pad}].abs().max())"
-                "  # > 0: the pad row trains",
+                f"print({weights}.grad[{pad}].abs().max())  # > 0: the pad row trains",
             ]
         return [
+            "import torch",
             f"ids, wider = torch.tensor({ids}), torch.tensor({wider})",
             "a, b = model(ids), model(wider)  # same sequences, 4 more pad columns",
             "print(a, b)  # the real positions' outputs differ: pads reach them",
         ]
     if framework == "keras":
         if smallest["check"] in ("grad", "update"):
-            return _keras_grad_lines(ids, pad, layer.rsplit("/", 1)[-1], backend)
+            weights = weights or f"model.get_layer({layer.rsplit('/', 1)[-1]!r}).embeddings"
+            return _keras_grad_lines(ids, pad, weights, backend)
         return [
+            "import numpy as np",
             f"ids, wider = np.array({ids}), np.array({wider})",
             "a, b = model(ids), model(wider)  # same sequences, 4 more pad columns",
             "print(a, b)  # the real positions' outputs differ: pads reach them",
@@ -148,11 +158,12 @@ def snippet(framework: str, smallest: dict[str, Any], backend: str | None = None
     return []
 
 
-def _keras_grad_lines(ids: list, pad: int, name: str, backend: str | None) -> list[str]:
+def _keras_grad_lines(ids: list, pad: int, weights: str, backend: str | None) -> list[str]:
     """Return the pad row's gradient, computed the way Keras on ``backend`` computes one."""
     if backend == "jax":
         return [
-            f"ids = np.array({ids}); emb = model.get_layer({name!r}).embeddings; "
+            "import jax, numpy as np; from keras import ops",
+            f"ids = np.array({ids}); emb = {weights}; "
             "r = jax.random.uniform(jax.random.key(0), model(ids).shape)",
             "f = lambda w: ops.sum(model.stateless_call([w if v is emb else v.value for v in "
             "model.trainable_variables], [v.value for v in model.non_trainable_variables], "
@@ -161,14 +172,16 @@ def _keras_grad_lines(ids: list, pad: int, name: str, backend: str | None) -> li
         ]
     if backend == "torch":
         return [
-            f"ids = np.array({ids}); emb = model.get_layer({name!r}).embeddings",
+            "import numpy as np, torch",
+            f"ids = np.array({ids}); emb = {weights}",
             "out = model(ids); (out * torch.rand_like(out)).sum().backward()",
             f"print(emb.value.grad[{pad}].abs().max())  # > 0: the pad row trains",
         ]
     return [
+        "import numpy as np, tensorflow as tf",
         f"ids = np.array({ids})",
         "with tf.GradientTape() as tape: out = model(ids); "
         "loss = tf.reduce_sum(out * tf.random.uniform(tf.shape(out)))",
         f"print(tf.reduce_max(tf.abs(tf.convert_to_tensor(tape.gradient(loss, "
-        f"model.get_layer({name!r}).embeddings))[{pad}])))  # > 0: the pad row trains",
+        f"{weights}))[{pad}])))  # > 0: the pad row trains",
     ]

@@ -132,6 +132,13 @@ class KerasHandle(BaseHandle):
             rows.append((t.path, self.backend.raw(base_variable(layer)), t.pad_idx))
         return rows
 
+    def weights_expression(self, path: str) -> str | None:
+        """Return ``model.weights[i]``: the table's index, not its auto-generated name."""
+        layer = self._layers.get(path)
+        table = base_variable(layer) if layer is not None else None
+        index = next((i for i, w in enumerate(self.model.weights) if w is table), None)
+        return None if index is None else f"model.weights[{index}]"
+
     def input_table(self) -> str | None:
         """Return the path of a keras-hub model's token table: the batch draws its ids there.
 

@@ -144,6 +144,10 @@ class TorchHandle(BaseHandle):
             return param.device
         return torch.device("cpu")
 
+    def weights_expression(self, path: str) -> str | None:
+        """Return ``model.get_submodule(path).weight`` (``model.weight`` for the model)."""
+        return "model.weight" if path == _ROOT else f"model.get_submodule({path!r}).weight"
+
     # -- state -----------------------------------------------------------------------
     @contextmanager
     def preserve(self, seed: int) -> Iterator[None]:
