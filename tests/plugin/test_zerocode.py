@@ -115,6 +115,8 @@ def test_spec_errors_are_one_line_usage_errors(zoo: pytest.Pytester) -> None:
         "--padaudit-model=zoo.models:NUMBER",
         "--padaudit-model=zoo.models",
         "--padaudit-model=zoo.models:clean?bogus=1",
+        "--padaudit-model=zoo.models:clean?sed=1",
+        "--padaudit-checkpoint=clean.pt?expct=clean",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
@@ -126,6 +128,10 @@ def test_spec_errors_are_one_line_usage_errors(zoo: pytest.Pytester) -> None:
             "model nor a callable that returns one*",
             "ERROR: --padaudit-model=zoo.models: expected MODULE:FACTORY*",
             "ERROR: --padaudit-model=zoo.models:clean?bogus=1: unknown padaudit option 'bogus'*",
+            "ERROR: --padaudit-model=zoo.models:clean?sed=1: unknown padaudit option 'sed' "
+            "(did you mean 'sed' -> 'seed'?)*",
+            "ERROR: --padaudit-checkpoint=clean.pt?expct=clean: unknown option expct "
+            "(did you mean 'expct' -> 'expect'?): pass allow, *",
         ]
     )
     assert "Traceback" not in result.stdout.str() + result.stderr.str()

@@ -244,9 +244,11 @@ def _checkpoint_item(session: pytest.Session, spec: str, base: Path) -> pytest.I
     known = {"expect", "pad_idx", "keys", "baseline", "atol", "allow"}
     unknown = sorted(set(options) - known)
     if unknown:
+        from ..core.options import did_you_mean
+
         raise PadAuditError(
-            f"{CHECKPOINT_OPTION}={spec}: unknown option {', '.join(unknown)}: pass "
-            f"{', '.join(sorted(known))}"
+            f"{CHECKPOINT_OPTION}={spec}: unknown option {', '.join(unknown)}"
+            f"{did_you_mean(unknown, sorted(known))}: pass {', '.join(sorted(known))}"
         )
     path = base / target
     if not path.is_file():
