@@ -2,8 +2,9 @@
 
 One process builds other models first (so Keras auto-names its table ``embedding_3``),
 audits a leaking model and prints the snippet. A second, fresh process builds only that
-model (its table is now ``embedding``), pastes the snippet with no import of its own,
-and compares what it prints with plain-framework truth computed there, no padaudit.
+model (its table is now ``embedding``) and pastes the snippet with no import of its own:
+it must show a training pad row where plain-framework truth, computed there without
+padaudit, shows one (the snippet's random loss weights make the values differ).
 """
 
 from __future__ import annotations

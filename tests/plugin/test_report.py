@@ -295,7 +295,8 @@ def test_junit_xml_carries_each_audit_as_properties(demo: pytest.Pytester) -> No
     assert props["test_clean"][0] == ("padaudit", "Tiny (torch), seed 0: passed (1 table)")
 
 
-def test_failing_audit_attaches_the_reproduction(demo: pytest.Pytester, ci: bool) -> None:
+@pytest.mark.usefixtures("ci")  # as on a developer's machine and as on CI
+def test_failing_audit_attaches_the_reproduction(demo: pytest.Pytester) -> None:
     result = demo.runpytest("--padaudit-seed=3")
     result.assert_outcomes(passed=3, failed=1)
     out = result.stdout.str()

@@ -65,9 +65,8 @@ def test_a_usage_error_from_the_fixture_or_audit_shows_only_the_users_frames(
     assert "options.py" in full.stdout.str()
 
 
-def test_a_failing_zero_code_audit_prints_its_report_once(
-    pytester: pytest.Pytester, ci: bool
-) -> None:
+@pytest.mark.usefixtures("ci")  # as on a developer's machine and as on CI
+def test_a_failing_zero_code_audit_prints_its_report_once(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(padmodels=MODEL)
     result = pytester.runpytest(
         "-p", "no:cacheprovider", "--padaudit-model=padmodels:leaky?pad_idx=0"

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+from itertools import takewhile
 
 import pytest
 
@@ -442,7 +443,7 @@ def test_integer_outputs_get_advice_that_works():
 # -- shrinking ------------------------------------------------------------------------------
 
 
-def test_the_smallest_failing_batch_is_shrunk_and_its_three_lines_reproduce(monkeypatch):
+def test_the_smallest_failing_batch_is_shrunk_and_its_plain_lines_reproduce(monkeypatch):
     import pytest_padaudit.core.engine as engine
 
     calls = []
@@ -460,7 +461,8 @@ def test_the_smallest_failing_batch_is_shrunk_and_its_three_lines_reproduce(monk
     assert small["real_tokens"] == 1 and small["pads"] == 1
     message = report.failure_message()
     assert f"ids = {small['ids']}" in message
-    code = message.split("plain torch reproduction:\n")[1].split("\n")[:4]
+    after = message.split("plain torch reproduction:\n")[1].split("\n")
+    code = list(takewhile(lambda line: line.startswith("    "), after))  # the indented lines
     printed = []
     exec(  # the pasted lines, with plain torch only
         "\n".join(line.strip() for line in code),

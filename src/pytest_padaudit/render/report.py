@@ -161,7 +161,7 @@ def reproduce_lines(audit: Audit) -> list[str]:
 
 
 def smallest_lines(audit: Audit) -> list[str]:
-    """Return the shrunk batch and a three-line plain reproduction (none: nothing shrunk)."""
+    """Return the shrunk batch and the plain reproduction (none: nothing shrunk)."""
     from .repro import snippet
 
     small = audit.get("smallest")

@@ -2,7 +2,7 @@
 
 ``audit_call`` renders the ``audit(...)`` call (an optimizer instance as the expression
 that builds it, with its hyper-parameters), ``rerun_line`` the pytest command, and
-``snippet`` a three-line plain PyTorch or Keras reproduction of a shrunk batch. No
+``snippet`` the plain PyTorch or Keras reproduction of a shrunk batch, imports first. No
 framework is imported: objects are described by what they carry.
 """
 
