@@ -11,7 +11,15 @@ import pytest
 
 from keras_backend_runs import BACKENDS, TESTS, ZooRuns, need
 
-CASES = ("adamw", "adam", "adamw_excluded", "warn", "lookup")
+CASES = (
+    "adamw",
+    "adam",
+    "adamw_excluded",
+    "warn",
+    "lookup",
+    "first_batch_mismatch",
+    "first_batch_clean",
+)
 
 
 @pytest.fixture(scope="module")

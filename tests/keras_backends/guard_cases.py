@@ -119,3 +119,78 @@ def test_a_table_without_mask_zero_is_a_lookup_leak() -> None:
     assert "(lookup)" in message and "tok has no mask_zero" in message
     assert "(weight_decay)" not in message
     done("lookup", truth=1.0)
+
+
+def dict_model(steps_per_execution: int = 1) -> keras.Model:
+    """keras-hub style inputs: token ids and a padding mask, the mask used in the pooling."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32", name="token_ids")
+    mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    weights = keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    x = keras.layers.Embedding(VOCAB, DIM, name="tok")(ids) * weights
+    pooled = keras.ops.sum(x, axis=1) / keras.ops.sum(weights, axis=1)
+    built = keras.Model({"token_ids": ids, "padding_mask": mask}, keras.layers.Dense(3)(pooled))
+    built.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(True),
+        steps_per_execution=steps_per_execution,
+    )
+    return built
+
+
+def dict_data(pad_with: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    ids, labels = data()
+    mask = (ids != 0).astype(np.int32)
+    return {"token_ids": np.where(mask == 1, ids, pad_with), "padding_mask": mask}, labels
+
+
+def dict_fit(built: keras.Model, pad_with: int, callbacks=()) -> None:
+    x, y = dict_data(pad_with)
+    built.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=list(callbacks))
+
+
+def table(built: keras.Model) -> np.ndarray:
+    return keras.ops.convert_to_numpy(built.get_layer("tok").embeddings).copy()
+
+
+def test_a_first_batch_padded_with_another_id_stops_fit_after_its_first_step() -> None:
+    x, _ = dict_data(pad_with=3)
+    first = {k: v[:4] for k, v in x.items()}  # shuffle=False: the first batch is rows 0-3
+    wrong = int(np.sum((first["padding_mask"] == 0) & (first["token_ids"] != 0)))
+    assert wrong > 0  # plain NumPy: pad positions of the first batch hold 3, not 0
+
+    stepped = dict_model()  # plain Keras: the table after one step on the first batch
+    stepped.train_on_batch(first, data()[1][:4])
+    built = dict_model()
+    with pytest.raises(PadLeakError) as err:
+        dict_fit(built, 3, [KerasPadGuard(pad_idx=0)])
+    message = str(err.value)
+    assert "KerasPadGuard: in the first training batch" in message
+    assert f"{wrong} pad positions (attention_mask 0) hold id 3, not the model's pad id 0" in (
+        message
+    )
+    assert "keras.utils.pad_sequences(sequences, padding='post'" in message
+    assert int(keras.ops.convert_to_numpy(built.optimizer.iterations)) == 1
+    np.testing.assert_allclose(table(built), table(stepped), atol=1e-6)  # one step, kept
+    assert getattr(built.train_function, "__name__", "") != "first_call"
+    done("first_batch_mismatch", truth=float(wrong))
+
+
+def test_a_well_padded_first_batch_trains_as_without_the_guard() -> None:
+    steps = 1 if keras.backend.backend() == "torch" else 2  # torch takes 1 step per call
+    plain = dict_model(steps)
+    dict_fit(plain, 0)
+    guarded = dict_model(steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PadLeakWarning)
+        dict_fit(guarded, 0, [KerasPadGuard(pad_idx=0)])
+    iterations = int(keras.ops.convert_to_numpy(guarded.optimizer.iterations))
+    assert iterations == int(keras.ops.convert_to_numpy(plain.optimizer.iterations)) == 4
+    for a, b in zip(plain.weights, guarded.weights, strict=True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-6
+        )
+    assert getattr(guarded.train_function, "__name__", "") != "first_call"
+    dict_fit(guarded, 0, [KerasPadGuard(pad_idx=0)])  # a second fit: the guard peeks again
+    assert int(keras.ops.convert_to_numpy(guarded.optimizer.iterations)) == 8
+    done("first_batch_clean", truth=0.0)

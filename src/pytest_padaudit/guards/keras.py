@@ -6,6 +6,7 @@ syncs; the guard asks for a sync (``self.model``) only on the batches it checks.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +14,9 @@ import keras
 import numpy as np
 
 from ..adapters.keras.calls import named_layers
-from ..adapters.keras.feed import PIPELINE_FIXES
+from ..adapters.keras.feed import PIPELINE_FIXES, batch_arrays
 from ..adapters.keras.tables import base_variable
+from ..core.errors import PadAuditError
 from ..core.handle import ROOT, Table
 from .watch import OptimizerSeen, PadWatch, check_every, check_on_leak, check_pad_idx
 
@@ -73,9 +75,11 @@ class KerasPadGuard(keras.callbacks.Callback):
     ``every_n_batches`` training batches (and when training ends). On a change: raise
     :class:`~pytest_padaudit.PadLeakError` naming the table, pad id, step, max|Δ| and the
     likely cause, or, with ``on_leak="warn"``, warn with ``PadLeakWarning`` and train on.
-    Keras hands callbacks no batch and no gradient, so this guard runs no pipeline check
-    (``audit(model, batch=(x, y), step=...)`` in a test runs them on a real batch) and
-    tells weight decay from a gradient leak by how the row moved.
+    The first batch ``fit`` trains on is checked for pad ids (``pad_mismatch``) when its ``x``
+    carries a mask (``padding_mask`` or ``attention_mask``), after that batch's step: Keras
+    hands callbacks no batch, so the guard reads it in the first call of
+    ``model.train_function`` and puts that function back. Keras hands callbacks no gradient
+    either, so the guard tells weight decay from a gradient leak by how the row moved.
     """
 
     def __init__(
@@ -96,6 +100,8 @@ class KerasPadGuard(keras.callbacks.Callback):
         )
         self._batches = 0
         self._layers: dict[str, Any] = {}
+        self._peeked: tuple[Any, Any] | None = None
+        self._first: dict[str, np.ndarray] | None = None
 
     def on_train_begin(self, logs: Any = None) -> None:
         """Record the pad rows of the model's token tables."""
@@ -103,13 +109,20 @@ class KerasPadGuard(keras.callbacks.Callback):
         self.watch.start(model)
         self._layers = dict([(ROOT, model), *named_layers(model)])
         self._batches = 0
+        self._first = None
+        self._peek_first_batch(model)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self._batches += 1
+        if self._first is not None:  # after the step: on JAX, raising inside it loses the weights
+            first, self._first = self._first, None
+            self.model  # noqa: B018 (on JAX this syncs the weights back into the model)
+            self.watch.check_batch(first)
         if self.watch.due(self._batches):
             self._check()
 
     def on_train_end(self, logs: Any = None) -> None:
+        self._unpeek()
         if self.watch.handle is not None and self._batches > self.watch.last_checked:
             self._check()
 
@@ -117,3 +130,59 @@ class KerasPadGuard(keras.callbacks.Callback):
         model = self.model  # on JAX this syncs the weights back into the model
         seen = {t.path: _optimizer(model, self._layers.get(t.path)) for t in self.watch.tables}
         self.watch.check(self._batches, None, seen)
+
+    # -- the first batch -------------------------------------------------------------
+    def _peek_first_batch(self, model: Any) -> None:
+        """Wrap ``model.train_function`` so that its first call shows the guard its batch."""
+        original = getattr(model, "train_function", None)
+        if not callable(original) or not self.watch.tables:
+            return
+
+        def first_call(*args: Any) -> Any:
+            self._unpeek()
+            *head, source = args
+            first, source = _take_first(source, int(getattr(model, "steps_per_execution", 1)))
+            if first is not None:
+                self._first = self._arrays(first)
+            return original(*head, source)
+
+        self._peeked = (model, original)
+        model.train_function = first_call
+
+    def _unpeek(self) -> None:
+        """Put ``model.train_function`` back (never through ``self.model``: on JAX it syncs)."""
+        if self._peeked is not None:
+            model, original = self._peeked
+            self._peeked = None
+            model.train_function = original
+
+    def _arrays(self, batch: Any) -> dict[str, np.ndarray] | None:
+        """Return the batch as NumPy arrays by role, or None when it holds no ids to check."""
+        try:
+            return batch_arrays(self.watch.handle.backend, batch)[0]  # type: ignore[union-attr]
+        except PadAuditError:
+            return None
+
+
+def _take_first(source: Any, steps: int) -> tuple[Any, Any]:
+    """Return the first batch of what ``fit`` hands its train function, and a stand-in.
+
+    torch hands a list of batches; jax an iterator it calls ``next`` on; tensorflow a
+    ``tf.data`` iterator, whose batches are taken here (one call's worth) and handed on as
+    the list its train function also takes.
+    """
+    if isinstance(source, list):
+        return (source[0] if source else None), source
+    if hasattr(source, "get_next_as_optional"):
+        taken = []
+        for _ in range(max(steps, 1)):
+            optional = source.get_next_as_optional()
+            if not optional.has_value():
+                break
+            taken.append(optional.get_value())
+        return (taken[0], taken) if taken else (None, source)
+    try:
+        first = next(source)
+    except StopIteration:
+        return None, iter(())
+    return first, itertools.chain([first], source)
