@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from first import first_audits  # noqa: E402
 from frameworks import FRAMEWORKS, Bench  # noqa: E402
 from real import MODELS, RealModel  # noqa: E402
 
@@ -235,7 +236,7 @@ def stamped(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return rows
 
 
-PARTS = ("startup", "ratios", "real", "memory")
+PARTS = ("startup", "first", "ratios", "real", "memory")
 
 
 def main() -> int:
@@ -252,6 +253,7 @@ def main() -> int:
     repeats = 5 if args.quick else 15
     started = time.time()
     rows = stamped(startup(20)) if "startup" in parts else []
+    rows += stamped(first_audits()) if "first" in parts and not args.only else []
     for name, make in FRAMEWORKS.items():
         if args.only and name != args.only:
             continue

@@ -27,7 +27,7 @@ from ...core.handle import OptimizerInfo, Table, Trace
 from ...core.options import AuditOptions
 from .handle import TorchBatch, TorchHandle
 from .hf import HFHandle, is_hf_model
-from .optim import build_optimizer, pad_row_grad
+from .optim import build_optimizer, pad_row_grad, step_eagerly
 from .state import floating_tensors, to_numpy
 from .tables import uncompiled
 
@@ -245,7 +245,7 @@ class _Steps:
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
                     p.grad = p.grad.to_dense()
-        self.optimizer.step()
+        step_eagerly(self.optimizer)
 
 
 class LoraTorchHandle(LoraMixin, TorchHandle):

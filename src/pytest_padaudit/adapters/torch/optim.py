@@ -8,7 +8,10 @@ Adafactor, a subclass with its own step) is stepped on the real tables.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import sys
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +42,71 @@ HINT = (
     "pass optimizer= an optimizer class, an optimizer instance (its class and "
     "hyper-parameters are copied), or a factory lambda params: torch.optim.AdamW(params)"
 )
+
+
+#: the code of the wrapper ``torch._disable_dynamo`` puts around a function.
+_DISABLED = torch._disable_dynamo(lambda: None).__code__
+
+
+def _dynamo_disabled(obj: Any, found: dict[int, Any], depth: int = 0) -> None:
+    """Collect the functions ``torch._disable_dynamo`` wraps in ``obj`` (closures, wraps)."""
+    obj = getattr(obj, "__func__", obj)  # staticmethod, classmethod
+    if not isinstance(obj, types.FunctionType) or depth > 3:
+        return
+    if obj.__code__ is _DISABLED and callable(getattr(obj, "__wrapped__", None)):
+        found[id(obj.__wrapped__)] = obj.__wrapped__
+    for cell in obj.__closure__ or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            _dynamo_disabled(cell.cell_contents, found, depth + 1)
+    _dynamo_disabled(getattr(obj, "__wrapped__", None), found, depth + 1)
+
+
+@contextlib.contextmanager
+def without_dynamo(*classes: type) -> Iterator[bool]:
+    """Let element-wise ``classes`` be built and stepped without importing torch._dynamo.
+
+    torch.optim imports torch._dynamo (and sympy: about 1 s in a fresh process) the first
+    time an optimizer is built or stepped, only to mark graph breaks and dynamo-disabled
+    functions for ``torch.compile``. Nothing is compiled while the audit steps its copy, so
+    inside this block those markers are skipped: each disabled function runs as itself.
+    Yields False (and changes nothing) when dynamo is loaded already or a class is not
+    element-wise; the markers are put back on exit.
+    """
+    if "torch._dynamo" in sys.modules or not all(c in ELEMENTWISE for c in classes):
+        yield False
+        return
+    found: dict[int, Any] = {}
+    for owner in (torch.optim.Optimizer, *classes):
+        for value in [*vars(owner).values(), *vars(sys.modules[owner.__module__]).values()]:
+            _dynamo_disabled(value, found)
+    marked = [fn for fn in found.values() if getattr(fn, "__dynamo_disable", None) is None]
+    for fn in marked:
+        fn.__dynamo_disable = fn  # what torch._disable_dynamo caches; it now calls fn
+    try:
+        yield True
+    finally:
+        for fn in marked:
+            if getattr(fn, "__dynamo_disable", None) is fn:
+                del fn.__dynamo_disable
+
+
+def step_eagerly(optimizer: torch.optim.Optimizer) -> None:
+    """Apply ``optimizer.step()``'s update without importing torch._dynamo when it is not.
+
+    For an element-wise class: its undecorated ``step`` under ``no_grad``, which is what
+    ``optimizer.step()`` runs when ``differentiable`` is False (bitwise the same update; no
+    step hooks fire: the optimizer is the audit's private copy). Else ``optimizer.step()``.
+    """
+    cls = type(optimizer)
+    if optimizer.defaults.get("differentiable"):
+        optimizer.step()
+        return
+    with without_dynamo(cls) as eager:
+        if not eager:
+            optimizer.step()
+            return
+        with torch.no_grad():
+            inspect.unwrap(cls.step)(optimizer)
 
 
 def pad_row_grad(weight: torch.Tensor, pad: int) -> torch.Tensor | None:
@@ -111,7 +179,7 @@ class PadRowStepper:
             proxy.grad = None if grad is None else grad.detach().reshape(proxy.shape).clone()
             with torch.no_grad():  # the forward pass may have changed the row (max_norm)
                 proxy.copy_(weight[pad : pad + 1])
-        self.optimizer.step()
+        step_eagerly(self.optimizer)
         with torch.no_grad():
             for proxy, (weight, pad) in zip(self.proxies, self.weights, strict=True):
                 weight[pad : pad + 1] = proxy
@@ -175,15 +243,19 @@ def build_optimizer(
     """
     try:
         if spec is None:
-            return torch.optim.SGD(params, lr=1.0)
+            with without_dynamo(torch.optim.SGD):
+                return torch.optim.SGD(params, lr=1.0)
         if isinstance(spec, torch.optim.Optimizer):
             accepted = inspect.signature(type(spec)).parameters
             settings = {k: v for k, v in spec.defaults.items() if k in accepted}
-            return type(spec)(_copied_groups(spec, params, originals or params), **settings)
+            with without_dynamo(type(spec)):
+                return type(spec)(_copied_groups(spec, params, originals or params), **settings)
         if isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer):
-            return spec(params)
+            with without_dynamo(spec):
+                return spec(params)
         if callable(spec):
-            built = spec(params)
+            with without_dynamo(*ELEMENTWISE):  # the factory's class is not known before
+                built = spec(params)
             if isinstance(built, torch.optim.Optimizer):
                 return built
             raise PadAuditError(f"optimizer= returned {type(built).__name__}: {HINT}")
