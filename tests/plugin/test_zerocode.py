@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from pytest_padaudit import PadAuditError
-from pytest_padaudit.plugin.zerocode import parse_spec
+from pytest_padaudit.plugin.zeroitems import parse_spec
 
 # In-process pytester runs drop modules first imported inside them; a C extension such as
 # torch must not be imported twice, so import the frameworks here, before any run.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 from typing import Any
 
 import pluggy
@@ -12,6 +13,8 @@ from .hookspecs import hookimpl
 
 __all__ = ["Bridge", "hookimpl", "plugin_manager", "register", "unregister"]
 ENTRY_POINT_GROUP = "padaudit"
+#: padaudit's own hook names, which a conftest.py may define unmarked.
+_HOOK_NAMES = tuple(name for name in vars(hookspecs) if name.startswith("padaudit_"))
 
 
 class _Manager(pluggy.PluginManager):
@@ -74,9 +77,8 @@ class Bridge:
         self.plugins: list[object] = []
 
     def pytest_plugin_registered(self, plugin: object) -> None:
-        if plugin is self or not any(
-            name.startswith("padaudit_") and hasattr(hookspecs, name) for name in dir(plugin)
-        ):
+        names = vars(plugin) if isinstance(plugin, types.ModuleType) else dir(plugin)
+        if plugin is self or not any(name in names for name in _HOOK_NAMES):
             return
         register(plugin)
         self.plugins.append(plugin)

@@ -43,7 +43,11 @@ def pytest_configure(config: pytest.Config) -> None:
     defaults, seed = session_settings(config)
     config.stash[DEFAULTS] = defaults
     config.stash[SEED] = seed
-    zerocode.configure(config, audit=audit_for, keep=keep_report)
+    models, checkpoints = zerocode.configure(config, audit=audit_for, keep=keep_report)
+    if models or checkpoints:  # the item generator, imported only when asked for
+        from .zeroitems import ZeroCode
+
+        config.pluginmanager.register(ZeroCode(models, checkpoints), "padaudit-zerocode")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -98,8 +102,10 @@ def item_options(item: pytest.Item) -> AuditOptions:
             "fixture the test requests: pass the name of a fixture that returns the padded "
             f"batch, and request it (def {item.name.split('[')[0]}(model, {batch}): ...)"
         )
+    from ..core.options import AuditOptions
+
     try:
-        options = item.config.stash[DEFAULTS].merged(**marker)
+        options = (item.config.stash[DEFAULTS] or AuditOptions()).merged(**marker)
     except PadAuditError as exc:
         shown = ", ".join(f"{k}={v!r}" for k, v in marker.items())
         raise PadAuditError(f"@pytest.mark.padaudit({shown}) on {item.name}: {exc}") from None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -14,8 +13,7 @@ if TYPE_CHECKING:
     from ..core.options import AuditOptions
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):  # a NamedTuple: a dataclass costs 1 ms of start-up
     """One audit option settable for a whole session: ``--padaudit-NAME`` and ini ``padaudit_NAME``.
 
     ``text`` is the one help text both forms show; ``kind`` says how to read the text
@@ -64,8 +62,9 @@ PRECEDENCE = (
     "precedence: a padaudit(...) call > @pytest.mark.padaudit > command line > ini; "
     "--padaudit-seed overrides every audit's seed"
 )
-#: the session's options (ini < command line), the record each item's marker lays over.
-DEFAULTS = pytest.StashKey["AuditOptions"]()
+#: the session's options (ini < command line), the record each item's marker lays over;
+#: None when none is set (options.py is then imported only by the first audited item).
+DEFAULTS = pytest.StashKey["AuditOptions | None"]()
 SEED = pytest.StashKey["int | None"]()
 
 
@@ -97,15 +96,13 @@ def _addini(parser: pytest.Parser, s: Setting) -> None:
     parser.addini(s.ini, text, default="")
 
 
-def session_settings(config: pytest.Config) -> tuple[AuditOptions, int | None]:
+def session_settings(config: pytest.Config) -> tuple[AuditOptions | None, int | None]:
     """Read every setting from ini then command line; raise UsageError on a bad value.
 
     Return the session defaults (command line over ini), validated once into the record
-    every item starts from, and the ``--padaudit-seed`` override (None when not given).
-    Every bad value is named in the one error.
+    every item starts from (None when no setting is given), and the ``--padaudit-seed``
+    override (None when not given). Every bad value is named in the one error.
     """
-    from ..core.options import AuditOptions
-
     defaults: dict[str, Any] = {}
     errors: list[str] = []
     for s in SETTINGS:
@@ -119,6 +116,10 @@ def session_settings(config: pytest.Config) -> tuple[AuditOptions, int | None]:
         head = "" if len(errors) == 1 else f"{len(errors)} padaudit settings are not valid: "
         raise pytest.UsageError(head + "; ".join(errors))
     seed = defaults.pop("seed", None) if config.getoption("padaudit_seed") is not None else None
+    if not defaults:
+        return None, seed
+    from ..core.options import AuditOptions
+
     return AuditOptions(**defaults, given=frozenset(defaults)), seed
 
 
