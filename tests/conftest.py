@@ -14,15 +14,19 @@ def pytest_configure() -> None:
     """Run one audit per installed framework before any test.
 
     pytester's in-process runs drop every module they imported when they end; torch
-    imports ~300 modules lazily on its first optimizer step, and refuses to register its
-    operator libraries twice. Importing them once here keeps them across pytester runs.
+    imports ~300 modules lazily (torch._dynamo on a user's first optimizer step, which the
+    audit's own steps skip), and refuses to register its operator libraries twice.
+    Importing them once here keeps them across pytester runs.
     """
-    if _installed("torch"):  # not find_spec: tests/torch/ is a folder named torch
+    if _installed("torch"):
         import torch
 
         from pytest_padaudit import audit
 
         audit(torch.nn.Embedding(4, 2, padding_idx=0), seq_len=2, batch_size=2)
+        table = torch.nn.Parameter(torch.zeros(2))
+        table.grad = torch.ones(2)
+        torch.optim.SGD([table], lr=0.1).step()
 
 
 def _installed(name: str) -> bool:

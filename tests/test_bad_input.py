@@ -9,7 +9,7 @@ from torch import nn
 
 from pytest_padaudit import PadAuditError, audit
 
-from torch_models import Tagger
+from support.torch_models import Tagger
 
 
 def error_of(*args, **kwargs) -> str:

@@ -8,7 +8,7 @@ import pytest
 from pytest_padaudit.core.base import BaseHandle, Capabilities, PadNoise, capabilities
 from pytest_padaudit.core.handle import Table
 
-from numpy_adapter import NumpyHandle, NumpyTagger
+from support.numpy_adapter import NumpyHandle, NumpyTagger
 
 
 def test_a_third_party_handle_is_probed_once_in_one_place() -> None:

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from torch import nn
 from torch.nn import functional as F
 
-from torch_models import MeanPool, Tagger, TiedLM
+from support.torch_models import MeanPool, Tagger, TiedLM
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pytest_padaudit"
 #: the modules that decide a finding's cause.

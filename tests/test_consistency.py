@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from pytest_padaudit import PadAuditError, audit
 
-from torch_models import VOCAB, Tagger
+from support.torch_models import VOCAB, Tagger
 
 
 def padded_ids(seed: int = 0, pad: int = 0) -> torch.Tensor:

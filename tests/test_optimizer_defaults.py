@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from pytest_padaudit import audit
 
-from torch_models import Tagger
+from support.torch_models import Tagger
 
 WOULD_MOVE = "an optimizer with weight decay would move this row by lr*wd*|row| per step"
 

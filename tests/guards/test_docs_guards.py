@@ -11,6 +11,8 @@ import pytest
 
 from pytest_padaudit import PadLeakError
 
+from support.tiny_hf import tiny_bert_config
+
 DOC = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Audit your training pipeline"
 
@@ -52,12 +54,9 @@ def tiny_tokenizer_model_and_data():
         tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]"
     )
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
+    config = tiny_bert_config(
+        len(vocab),
         num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
         max_position_embeddings=32,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=2,

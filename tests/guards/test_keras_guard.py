@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from keras_backend_runs import BACKENDS, TESTS, ZooRuns, need
+from support.keras_backend_runs import BACKENDS, TESTS, ZooRuns, need
 
 CASES = (
     "adamw",

@@ -13,21 +13,16 @@ transformers = pytest.importorskip("transformers")
 from pytest_padaudit import PadLeakError
 from pytest_padaudit.guards import PadLeakWarning, TrainerPadGuard
 
+from support.tiny_hf import tiny_bert_config
+
 TABLE = "bert.embeddings.word_embeddings"
 VOCAB, PAD = 50, 0
 
 
 def tiny_bert(token: bool = False, pad_value: float | None = None):
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        pad_token_id=PAD,
-        num_labels=3,
+    config = tiny_bert_config(
+        VOCAB, num_hidden_layers=2, max_position_embeddings=32, pad_token_id=PAD, num_labels=3
     )
     cls = (
         transformers.BertForTokenClassification

@@ -14,9 +14,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_backend_runs import record
 from pytest_padaudit import PadLeakError
 from pytest_padaudit.guards import KerasPadGuard, PadLeakWarning
+
+from support.keras_backend_runs import record
 
 VOCAB, DIM = 50, 8
 

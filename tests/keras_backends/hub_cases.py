@@ -1,12 +1,12 @@
 """keras-hub models on whichever backend KERAS_BACKEND names: audit verdicts vs plain autodiff.
 
-Not collected by a plain ``pytest`` run (no ``test_`` prefix): tests/keras/
+Not collected by a plain ``pytest`` run (no ``test_`` prefix): tests/keras_tests/
 test_keras_hub_backends.py runs this file explicitly, once per backend, in a subprocess.
 Tiny configs, built offline (no preset, no preprocessor): vocab 100, hidden 32, one layer.
 Each model is built after ``keras.utils.set_random_seed(0)``, called once, then ``seeded``
 so every backend holds the same weights. The BERT truth is the backend's own autodiff
-(tests/keras_backend_truth.py) on the dict the backbone takes; the GPT-2 tied split is
-compared across backends only (its TF truth: tests/zoo_keras_hub.py). When
+(tests/support/keras_backend_truth.py) on the dict the backbone takes; the GPT-2 tied split is
+compared across backends only (its TF truth: tests/support/zoo_keras_hub.py). When
 PADAUDIT_VERDICTS names a file, each test appends its verdict record there as a JSON line.
 """
 
@@ -22,10 +22,11 @@ import keras
 import numpy as np
 import pytest
 
-from keras_backend_runs import record
-from keras_backend_truth import batch_of, close, gradients, snapshot, stepped_change
-from keras_backend_zoo import seeded
 from pytest_padaudit import audit
+
+from support.keras_backend_runs import record
+from support.keras_backend_truth import batch_of, close, gradients, snapshot, stepped_change
+from support.keras_backend_zoo import seeded
 
 keras_hub = pytest.importorskip("keras_hub")
 

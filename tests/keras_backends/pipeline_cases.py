@@ -1,6 +1,6 @@
 """Keras ``batch=`` and ``step=`` on whichever backend KERAS_BACKEND names, against fit.
 
-Not collected by a plain ``pytest`` run (no ``test_`` prefix): tests/keras/
+Not collected by a plain ``pytest`` run (no ``test_`` prefix): tests/keras_tests/
 test_keras_pipeline_backends.py runs this file once per backend in a subprocess. The truth
 is one real ``model.fit`` step on the same (x, y) with the compiled loss, read with plain
 Keras, never with padaudit; each case appends a verdict record to PADAUDIT_VERDICTS.
@@ -14,8 +14,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_backend_runs import record
 from pytest_padaudit import audit
+
+from support.keras_backend_runs import record
 
 VOCAB, CLASSES = 30, 4
 SEQS = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]

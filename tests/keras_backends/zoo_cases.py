@@ -1,9 +1,9 @@
 """The Keras zoo on whichever backend KERAS_BACKEND names: audit verdicts vs plain autodiff.
 
-Not collected by a plain ``pytest`` run (no ``test_`` prefix): tests/keras/
+Not collected by a plain ``pytest`` run (no ``test_`` prefix): tests/keras_tests/
 test_keras_backends.py runs this file explicitly, once per backend, in a subprocess (Keras
 picks its backend at import). Every expected answer is computed with the backend's own
-autodiff on the audit's batch (tests/keras_backend_truth.py), never by padaudit. When
+autodiff on the audit's batch (tests/support/keras_backend_truth.py), never by padaudit. When
 PADAUDIT_VERDICTS names a file, each test appends its verdict record there as a JSON line.
 """
 
@@ -17,9 +17,11 @@ import keras
 import numpy as np
 import pytest
 
-from keras_backend_runs import record
-from keras_backend_truth import batch_of, close, snapshot, stepped_change, table_grad
-from keras_backend_zoo import (
+from pytest_padaudit import audit
+
+from support.keras_backend_runs import record
+from support.keras_backend_truth import batch_of, close, snapshot, stepped_change, table_grad
+from support.keras_backend_zoo import (
     attention,
     flatten,
     global_average_pooling,
@@ -27,7 +29,6 @@ from keras_backend_zoo import (
     seed_model,
     tied_logits,
 )
-from pytest_padaudit import audit
 
 TRAIN = ("grad", "update")
 

@@ -9,7 +9,7 @@ import pytest_padaudit
 from pytest_padaudit import PadAuditError, audit
 from pytest_padaudit.core.batch import make_batch
 
-from numpy_adapter import NumpyAdapter, NumpyTagger
+from support.numpy_adapter import NumpyAdapter, NumpyTagger
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def numpy_adapter():
 
 
 def test_unregistered_model_is_rejected():
-    with pytest.raises(PadAuditError, match=r"cannot audit a numpy_adapter\.NumpyTagger"):
+    with pytest.raises(PadAuditError, match=r"cannot audit a support\.numpy_adapter\.NumpyTagger"):
         audit(NumpyTagger())
 
 

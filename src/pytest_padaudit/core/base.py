@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
@@ -326,7 +326,7 @@ class BaseHandle(ABC):
         grads, outputs = self._invariance_run(batch, plan, tables, perturb)
         reach: dict[Hashable, tuple[Table, np.ndarray]] = {}
         for t in tables:
-            rows = batch.reachable_rows(t.rows, t.pad_idx)
+            rows = batch.reachable_rows(t.rows, cast(int, t.pad_idx))  # audited: a pad id
             for key in self._table_keys(t):
                 reach[key] = (t, rows)
         result = {}
@@ -373,7 +373,7 @@ class PadNoise:
 
     def pad_of(self, path: str) -> int:
         """Return the pad id of token table ``path``."""
-        return next(t.pad_idx for t in self.tables if t.path == path)
+        return next(cast(int, t.pad_idx) for t in self.tables if t.path == path)
 
     def draw(self, path: str, shape: tuple[int, ...]) -> np.ndarray:
         """Return this call's standard normal noise for table ``path`` (float32)."""

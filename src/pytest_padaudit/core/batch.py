@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 
@@ -285,11 +286,11 @@ def real_positions(batch: PadBatch, shape: Sequence[int], axes: Sequence[int]) -
     rows = batch_axis(batch, shape, axes)
     for s in axes:
         if shape[s] != width:
-            m = np.zeros(shape[s], dtype=bool)
+            m: np.ndarray = np.zeros(shape[s], dtype=bool)
             m[base_region(batch, 1, (0,))[0]] = True
-            dims = (s,)
+            dims: tuple[int, ...] = (s,)
         elif rows is None:
-            m, dims = batch.mask.any(0), (s,)
+            m, dims = cast(np.ndarray, batch.mask.any(0)), (s,)
         else:
             m, dims = (batch.mask, (rows, s)) if rows < s else (batch.mask.T, (s, rows))
         at = [1] * ndim

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def adapt(model: object, options: AuditOptions) -> ModelHandle:
     """Return the handle for ``model`` or raise a :class:`PadAuditError` saying what fits."""
     handle = find_handle(model, options)
     if handle is None:
-        kinds = [getattr(p, "accepts", None) for p in plugin_manager().get_plugins()]
+        kinds: list[Any] = [getattr(p, "accepts", None) for p in plugin_manager().get_plugins()]
         kinds = sorted({k for k in kinds if isinstance(k, str)})
         what = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds)
         raise PadAuditError(
@@ -145,15 +145,15 @@ def _batch_for(
     """
     check_range(primary, opts)
     if opts.batch is not None:
-        return user_pad_batch(handle, opts, primary.pad_idx)
+        return user_pad_batch(handle, opts, cast(int, primary.pad_idx))
     vocab = opts.vocab_size or handle.default_vocab_size() or primary.rows
     if vocab > primary.rows:
         raise PadAuditError(
             f"vocab_size={vocab} exceeds the {primary.rows} rows of {primary.path}: "
             f"pass vocab_size= at most {primary.rows}"
         )
-    pads = tuple(t.pad_idx for t in found if in_range(t))
-    return _make_batch(opts, vocab, primary.pad_idx, pads)
+    pads = tuple(cast(int, t.pad_idx) for t in found if in_range(t))
+    return _make_batch(opts, vocab, cast(int, primary.pad_idx), pads)
 
 
 def _make_batch(opts: AuditOptions, vocab: int, pad: int, pads: tuple[int, ...]) -> PadBatch:

@@ -235,11 +235,11 @@ class ModelHandle(Protocol):
         cannot take the wider batch then gets a ``not_checked`` finding.
         """
 
-    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
+    def trace(self, batch: PadBatch) -> Trace:
         """Run a forward pass recording each module's FULL inputs and outputs.
 
-        ``perturb`` as in :meth:`invariance_pass` (optional for adapters: without it a
-        perturbation-measured leak is reported without a module name).
+        Optional: a ``perturb=`` keyword as in :meth:`invariance_pass` (adapters without
+        it still work: a perturbation-measured leak is then reported without a module name).
         """
 
     def explain(

@@ -127,6 +127,7 @@ def _perturbed(
     def localise() -> tuple[str | None, str, float]:
         if not capabilities(handle).trace_perturb:
             return None, "", 0.0
+        # perturb= is optional for trace() (probed above), so not in the ModelHandle protocol
         noisy = handle.trace(batch, perturb=opts.seed)  # type: ignore[call-arg]
         return _localise(handle.trace(batch), noisy, batch, batch, opts.rtol)
 
@@ -165,8 +166,9 @@ def _judge(
         ),
         default=0.0,
     )
-    result = InvarianceResult(value=max(grad_rel, out_rel), worst=worst, outputs=out_rel)
-    if not result.value > opts.rtol:
+    value = max(grad_rel, out_rel)
+    result = InvarianceResult(value=value, worst=worst, outputs=out_rel)
+    if not value > opts.rtol:
         return result
     first, where, first_rel = localise()
     result.first_module = first
@@ -184,7 +186,7 @@ def _judge(
             "invariance",
             first or ROOT,
             batch.pad_idx,
-            result.value,
+            value,
             cause,
             f"{words}: rel. diff {result.value:.2g} ({detail}outputs {out_rel:.2g}; "
             f"rtol {opts.rtol:g})",

@@ -59,6 +59,7 @@ class AuditOptions:
         Only ``kwargs`` are validated: the record's own values were, when it was built.
         """
         unknown = sorted(set(kwargs) - set(OPTION_NAMES))
+        names: str | frozenset[str]  # the known options' list, then the options set by name
         if unknown:
             names = ", ".join(sorted(OPTION_NAMES))
             raise PadAuditError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -53,7 +54,8 @@ def candidates(handle: ModelHandle, tables: Sequence[Table], opts: AuditOptions)
 def likely_token_table(handle: ModelHandle, found: Sequence[Table]) -> Table:
     """Guess the token table before the probe: the model's input table, else one with a
     pad id of its own, else the largest."""
-    path = handle.input_table() if capabilities(handle).input_table else None
+    # input_table() is optional (probed by capabilities()), so not in the ModelHandle protocol
+    path = handle.input_table() if capabilities(handle).input_table else None  # type: ignore[attr-defined]
     for t in found:
         if t.path == path:
             return t
@@ -177,7 +179,7 @@ def _mismatch_finding(handle: ModelHandle, t: Table, opts: AuditOptions) -> Find
         "grad",
         t.path,
         t.pad_idx,
-        float(t.pad_idx),
+        float(cast(int, t.pad_idx)),  # mismatch(t): the pad id is known
         cause,
         f"the batch pads with {t.pad_idx} ({source}), the table's own pad id is {t.own_pad_idx}",
         why,

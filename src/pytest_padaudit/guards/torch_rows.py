@@ -4,7 +4,7 @@ batches and the words for a leak in PyTorch idiom."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ def weights(model: nn.Module, tables: list[Table]) -> dict[str, torch.Tensor]:
     found = {}
     for t in tables:
         module = model if t.path == ROOT else model.get_submodule(t.path)
-        found[t.path] = module.weight
+        found[t.path] = cast(torch.Tensor, module.weight)
     return found
 
 

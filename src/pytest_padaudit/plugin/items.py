@@ -180,7 +180,8 @@ class Auditor:
     @property
     def reports(self) -> list[AuditReport]:
         """Return the reports of every audit this test ran so far."""
-        return list(self._item.stash.get(REPORTS, []))
+        reports: list[AuditReport] = self._item.stash.get(REPORTS, [])
+        return list(reports)
 
 
 @pytest.fixture

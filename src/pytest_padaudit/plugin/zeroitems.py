@@ -6,7 +6,7 @@ import ast
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -120,7 +120,8 @@ class ZeroCode:
             raise pytest.UsageError(*errors)
         for item in made:
             config.hook.pytest_itemcollected(item=item)
-        report = pytest.CollectReport(session.nodeid, "passed", None, made)
+        result = cast("list[pytest.Item | pytest.Collector]", made)  # CollectReport's type
+        report = pytest.CollectReport(session.nodeid, "passed", None, result)
         config.hook.pytest_collectreport(report=report)  # "collected N items" counts them
         items.extend(made)
 
@@ -182,7 +183,8 @@ class _ZeroCodeItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, PadAuditError | PadLeakError):  # the message, no frames
             shown = excinfo.getrepr(style="value")
-            lines = shown.reprtraceback.reprentries[-1].lines  # str(error), split
+            # str(error), split: a list (typed Sequence), its first line replaced below
+            lines = cast("list[str]", shown.reprtraceback.reprentries[-1].lines)
             lines[0] = f"{type(excinfo.value).__name__}: {lines[0]}"
             return shown
         return super().repr_failure(excinfo, style=style)
@@ -197,7 +199,7 @@ class ModelItem(_ZeroCodeItem):
     def __init__(self, *, spec: str, obj: object, options: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
-        self.obj = obj
+        self.obj: Any = obj  # a model, or a factory that returns one
         self.options = options
 
     def runtest(self) -> None:

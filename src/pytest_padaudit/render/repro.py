@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from ..core.options import AuditOptions
@@ -69,7 +69,7 @@ def public_name(cls: type) -> str:
 def _changed(cls: type, values: dict[str, Any], skip: tuple[str, ...]) -> list[str]:
     """Return ``name=value`` for the constructor arguments that differ from their default."""
     try:
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(cast(Any, cls).__init__).parameters
     except (TypeError, ValueError):
         return []
     out = []

@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -268,7 +268,7 @@ class FlaxHandle(BaseHandle):
         snap, params, _ = self._state()
         base = flat(snap.params) if self._snap is not None else flat(params)
         return optim.moves_without_gradient(
-            stepper, base, self._sites[t.path].state_path, t.pad_idx
+            stepper, base, self._sites[t.path].state_path, cast(int, t.pad_idx)
         )
 
     def _invariance_run(

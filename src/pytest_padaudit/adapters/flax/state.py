@@ -9,7 +9,7 @@ it, and so are batch statistics and every other ``nnx.Variable``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flax import nnx
 
@@ -29,7 +29,8 @@ class Snapshot:
 
 def take(model: Any) -> Snapshot:
     """Split ``model`` into its graph, its ``nnx.Param`` arrays and every other Variable."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # two filters: exactly two states (flax types the rest as variadic)
+    graphdef, params, rest = cast("tuple[Any, Any, Any]", nnx.split(model, nnx.Param, ...))
     modes = [
         (module, name, vars(module)[name])
         for _, module in nnx.iter_modules(model)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -166,7 +166,7 @@ def _subclass(cls: type, role: str, path: str) -> type:
             "__qualname__": cls.__qualname__,
         }
         if role == "embed":
-            namespace["attend"] = _attend(cls, path)
+            namespace["attend"] = _attend(cast("type[nnx.Embed]", cls), path)  # an Embed's class
         _CLASSES[key] = type(cls)(cls.__name__, (cls,), namespace)
     return _CLASSES[key]
 
@@ -197,7 +197,7 @@ def _embed_call(cls: type, path: str) -> Any:
     return __call__
 
 
-def _attend(cls: type, path: str) -> Any:
+def _attend(cls: type[nnx.Embed], path: str) -> Any:
     def attend(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
         rec = _ACTIVE.get()
         if rec is not None:

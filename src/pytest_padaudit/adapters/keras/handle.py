@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -124,12 +124,12 @@ class KerasHandle(BaseHandle):
         share their factors) and constrained ones (a constraint may rescale every row) are
         stepped for real and saved whole.
         """
-        rows = []
+        rows: list[tuple[str, Any, int]] = []
         for t in self._audited:
             layer = self._layers[t.path]
             if getattr(layer, "lora_enabled", False) or constraint(layer):
                 continue
-            rows.append((t.path, self.backend.raw(base_variable(layer)), t.pad_idx))
+            rows.append((t.path, self.backend.raw(base_variable(layer)), cast(int, t.pad_idx)))
         return rows
 
     def weights_expression(self, path: str) -> str | None:
@@ -180,9 +180,9 @@ class KerasHandle(BaseHandle):
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         stepped = {t.path: self._stepper.row(t.path) for t in tables} if self._stepper else {}
         return {
-            t.path: effective_row(self.backend, self._layers[t.path], t.pad_idx)
+            t.path: effective_row(self.backend, self._layers[t.path], cast(int, t.pad_idx))
             if stepped.get(t.path) is None
-            else stepped[t.path]
+            else cast(np.ndarray, stepped[t.path])
             for t in tables
         }
 
@@ -337,6 +337,7 @@ class KerasHandle(BaseHandle):
 
         done = self.backend.gradients(run, targets, taps=True)
         opts = self.options
+        own: str | np.ndarray | None  # the loss option's name, then each pad row's gradient
         own = "step=" if opts.step is not None else "loss=" if callable(opts.loss) else ""
         if own and not any(map(self.backend.connected, done.grads + done.taps)):
             raise PadAuditError(
@@ -346,13 +347,13 @@ class KerasHandle(BaseHandle):
             )
         by_var = dict(zip(map(id, targets), done.grads, strict=True))
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
-        pads = {t.path: t.pad_idx for t in tables}
+        pads = {t.path: cast(int, t.pad_idx) for t in tables}
         through, self._heads = recorded[0].pad_rows(done.taps, done.aux, pads)
         result: dict[str, np.ndarray | None] = {}
         for t in tables:
             layer = self._layers[t.path]
             base = base_variable(layer)
-            own = self.backend.pad_row(by_var.get(id(base)), t.pad_idx)
+            own = self.backend.pad_row(by_var.get(id(base)), cast(int, t.pad_idx))
             lookup = through.get(t.path)
             direct = getattr(layer, "lora_enabled", False) or t.path in self._heads
             if direct and lookup is None and own is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ def mask_flow(handle: KerasHandle) -> MaskFlow:
     except Exception as exc:  # a diagnosis must not hide the finding it explains
         flow.error = f"{type(exc).__name__}: {exc}"
         return flow
+    outputs: Iterable[Any]  # each call's outputs, then the model's
     for path, layer, received, outputs in calls:
         if not received or isinstance(layer, model_type):
             continue

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -32,18 +32,21 @@ from .handle import TorchHandle
 from .optim import build_optimizer
 from .state import to_numpy
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
-def _dtensor_type() -> type | None:
+
+def _dtensor_type() -> type[DTensor] | None:
     module = sys.modules.get("torch.distributed.tensor")
     cls = getattr(module, "DTensor", None)
     return cls if isinstance(cls, type) else None
 
 
-def is_ddp(model: object) -> bool:
+def is_ddp(model: object) -> TypeGuard[nn.parallel.DistributedDataParallel]:
     return isinstance(model, nn.parallel.DistributedDataParallel)
 
 
-def is_fsdp2(model: object) -> bool:
+def is_fsdp2(model: object) -> TypeGuard[nn.Module]:
     """Say whether ``model`` is (or holds) a ``fully_shard``ed module with DTensor weights."""
     fsdp = sys.modules.get("torch.distributed.fsdp")
     cls = getattr(fsdp, "FSDPModule", None)
@@ -127,6 +130,7 @@ class FSDPHandle(TorchHandle):
 
     def _row(self, tensor: torch.Tensor | None, pad: int, dim: int) -> np.ndarray | None:
         """Return row ``pad`` of a sharded tensor: read where held, summed over ranks."""
+        held: torch.Tensor | float  # this rank's flag, then how many ranks hold the row
         held = torch.tensor([0.0])
         row = torch.zeros(dim, dtype=torch.float32)
         if tensor is not None:
@@ -149,14 +153,17 @@ class FSDPHandle(TorchHandle):
         """Put every FSDP2 module's sharded DTensor parameters back in place."""
         for module in self.model.modules():
             if callable(getattr(module, "reshard", None)) and is_fsdp2(module):
-                module.reshard()
+                cast(Any, module).reshard()
 
     def read_pad_rows(self, tables: Sequence[Table]) -> dict[str, np.ndarray]:
         self._reshard()
-        return {t.path: self._row(self._weight(t), t.pad_idx, t.dim) for t in tables}
+        return {  # every row of a weight is held by some rank: never None
+            t.path: cast(np.ndarray, self._row(self._weight(t), cast(int, t.pad_idx), t.dim))
+            for t in tables
+        }
 
     def _pad_grad(self, table: Table) -> np.ndarray | None:
-        return self._row(self._layers[table.path].weight.grad, table.pad_idx, table.dim)
+        return self._row(self._layers[table.path].weight.grad, cast(int, table.pad_idx), table.dim)
 
     def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
         """Record the ids each table's module is called with (FSDP2 swaps the weights)."""
@@ -191,7 +198,8 @@ class FSDPHandle(TorchHandle):
         params = [w for w in weights.values() if w.requires_grad]
         if not params:
             return OptimizerInfo("SGD")
-        optimizer = build_optimizer(params, None, spec)  # local shards, saved by preserve()
+        # local shards, saved by preserve(); the tables' own parameters
+        optimizer = build_optimizer(cast("list[nn.Parameter]", params), None, spec)
         decay = max(float(g.get("weight_decay", 0.0) or 0.0) for g in optimizer.param_groups)
         return OptimizerInfo(type(optimizer).__name__, decay, optimizer)
 
@@ -210,7 +218,8 @@ class FSDPHandle(TorchHandle):
         return [id(self._layers[table.path].weight)]
 
     def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
-        if _dtensor_type() is not None and isinstance(value, _dtensor_type()):
+        dtensor = _dtensor_type()
+        if dtensor is not None and isinstance(value, dtensor):
             value = value.full_tensor()
         return to_numpy(value)
 

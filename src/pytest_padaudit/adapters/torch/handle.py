@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ class TorchHandle(BaseHandle):
         #: (tensor, copy) pairs put back when the audit ends; whole tables join when needed.
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: the audited layers' own ``sparse`` flags; audits run them sparse where they can.
-        self._sparse: list[tuple[nn.Module, bool]] = []
+        self._sparse: list[tuple[nn.Embedding | nn.EmbeddingBag, bool]] = []
         #: the last train pass (batch, plan, loss), re-run by closure optimizers (LBFGS).
         self._last: tuple[PadBatch, LossPlan, torch.Tensor] | None = None
         #: per computed table (parametrization, weight_norm): the weights its calls used.
@@ -86,7 +86,7 @@ class TorchHandle(BaseHandle):
         self._restore: Callable[[], None] | None = None
 
     # -- discovery -------------------------------------------------------------------
-    def tables(self, pad_idx: int | None) -> list[Table]:
+    def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
         """List each table once per weight; a weight shared with a non-table is tied."""
         modules = {path or _ROOT: module for path, module in self.model.named_modules()}
         owners: dict[int, list[str]] = defaultdict(list)
@@ -305,8 +305,8 @@ class TorchHandle(BaseHandle):
             )
 
     def _weighted_sum(self, tensor: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
-        weights = torch.from_numpy(np.asarray(weights)).to(tensor.device)
-        return (tensor.float() * weights).sum()
+        on_device = torch.from_numpy(np.asarray(weights)).to(tensor.device)
+        return (tensor.float() * on_device).sum()
 
     def _backward(self, batch: PadBatch, plan: LossPlan) -> tuple[TorchBatch, Any]:
         for p in self.model.parameters():
@@ -390,7 +390,7 @@ class TorchHandle(BaseHandle):
         """Keep the computed weight a call uses, so its gradient can be read."""
 
         def keep(module: nn.Module, args: Any) -> None:
-            weight = module.weight
+            weight = cast(torch.Tensor, module.weight)
             if weight.requires_grad:
                 weight.retain_grad()
                 self._computed.setdefault(path, []).append(weight)
@@ -401,16 +401,18 @@ class TorchHandle(BaseHandle):
         if table.path in self._computed:  # a parametrized table: its computed weight's grad
             rows = [w.grad[table.pad_idx] for w in self._computed[table.path] if w.grad is not None]
             return to_numpy(sum(rows[1:], rows[0])) if rows else None
-        grad = pad_row_grad(self._layers[table.path].weight, table.pad_idx)
+        grad = pad_row_grad(self._layers[table.path].weight, cast(int, table.pad_idx))
         return None if grad is None else to_numpy(grad)
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
-        pairs = {}
+        pairs: dict[tuple[int, int], tuple[nn.Parameter, int]] = {}
         for t in tables:
-            layer = self._layers[t.path]
-            for weight in [layer.weight] if _is_leaf(layer) else layer.parameters():
+            layer, pad = self._layers[t.path], cast(int, t.pad_idx)  # audited: a pad id
+            for weight in (
+                [cast(nn.Parameter, layer.weight)] if _is_leaf(layer) else layer.parameters()
+            ):
                 if weight.requires_grad:
-                    pairs[(id(weight), t.pad_idx)] = (weight, t.pad_idx)
+                    pairs[(id(weight), pad)] = (weight, pad)
         if not pairs:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
         computed = not all(_is_leaf(self._layers[t.path]) for t in tables)

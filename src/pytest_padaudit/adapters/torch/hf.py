@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from .handle import _TABLES, TorchBatch, TorchHandle
 from .tables import uncompiled
 
 
-def is_hf_model(model: object) -> bool:
+def is_hf_model(model: object) -> TypeGuard[nn.Module]:
     """Say whether ``model`` is a transformers ``PreTrainedModel`` (PyTorch)."""
     utils = sys.modules.get("transformers.modeling_utils")
     base = getattr(utils, "PreTrainedModel", None)
@@ -63,7 +63,7 @@ class HFHandle(TorchHandle):
     # -- discovery -------------------------------------------------------------------
     def _input_weight(self) -> nn.Parameter | None:
         try:
-            layer = self.model.get_input_embeddings()
+            layer = cast(Any, self.model).get_input_embeddings()
         except (NotImplementedError, AttributeError):
             return None
         return getattr(layer, "weight", None)

@@ -16,7 +16,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ def adapt(model: object, options: AuditOptions) -> TorchHandle | None:
 
 def _peft_base(model: nn.Module) -> object:
     try:
-        return model.get_base_model()
+        return cast(Any, model).get_base_model()
     except Exception:  # an adapter type without a base model
         return None
 
@@ -98,7 +98,13 @@ def _inner_transformer(model: nn.Module) -> nn.Module | None:
     return None
 
 
-class LoraMixin:
+if TYPE_CHECKING:  # what the mixin is mixed into, for its super() calls
+    _LoraBase = TorchHandle
+else:
+    _LoraBase = object
+
+
+class LoraMixin(_LoraBase):
     """Audit a LoRA embedding by its effective row ``W[pad] + scaling * B @ A[:, pad]``."""
 
     def _lora(self, t: Table) -> nn.Module | None:
@@ -107,7 +113,7 @@ class LoraMixin:
         return self._lora_of.get(id(self._layers[t.path].weight))
 
     def _adapters(self, t: Table) -> list[tuple[nn.Parameter, nn.Parameter, float]]:
-        lora = self._lora(t)
+        lora: Any = self._lora(t)  # a PEFT LoRA Embedding
         if lora is None or getattr(lora, "disable_adapters", False) or lora.merged:
             return []
         active = [a for a in lora.active_adapters if a in lora.lora_embedding_A]
@@ -181,7 +187,7 @@ class LoraMixin:
             if weight.requires_grad:  # stepped whole: saved whole
                 if all(p is not weight for p, _ in self._saved):
                     self._saved.append((weight, weight.detach().clone()))
-                params[id(weight)] = weight
+                params[id(weight)] = cast(nn.Parameter, weight)  # the base table's own
             for a, b, _ in self._adapters(t):  # A and B are saved whole by preserve()
                 for p in (a, b):
                     if p.requires_grad:
@@ -199,7 +205,8 @@ class LoraMixin:
             rows = torch.from_numpy(batch.reachable_rows(t.rows, t.pad_idx))
             for a, _, _ in self._adapters(t):  # A's pad column is the pad row's: left out
                 if a.grad is not None and id(a) in names:
-                    grads[names[id(a)]] = to_numpy(_dense(a.grad)[:, rows.to(a.device)])
+                    dense = cast(torch.Tensor, _dense(a.grad))  # a.grad is not None
+                    grads[names[id(a)]] = to_numpy(dense[:, rows.to(a.device)])
         return grads, outputs
 
     def explain(self, cause: str, table: Table | None, options: AuditOptions, info: Any = None):
@@ -265,7 +272,7 @@ class PeftHFHandle(LoraMixin, HFHandle):
         self.model_class = f"{type(model).__qualname__}({type(base).__qualname__})"
         from .hf import _parameters
 
-        self._params = _parameters(base)
+        self._params = _parameters(cast(nn.Module, base))  # adapt(): is_hf_model(base)
 
 
 class SentenceTransformerHandle(LoraMixin, HFHandle):
@@ -273,7 +280,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         TorchHandle.__init__(self, model, options)
-        self.inner = _inner_transformer(model)
+        self.inner = cast(nn.Module, _inner_transformer(model))  # adapt(): not None
         self.config = self.inner.config
         self._params = frozenset()
         self.tokenizer = getattr(model, "tokenizer", None)
@@ -287,7 +294,7 @@ class SentenceTransformerHandle(LoraMixin, HFHandle):
 
     def _input_weight(self) -> nn.Parameter | None:
         try:
-            return self.inner.get_input_embeddings().weight
+            return cast(Any, self.inner).get_input_embeddings().weight
         except (NotImplementedError, AttributeError):
             return None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ def noise_at_pads(
 @contextmanager
 def _hooked(layers: Mapping[str, nn.Module], noise: PadNoise) -> Iterator[None]:
     hooks = [
-        layers[t.path].register_forward_hook(_hook(noise, t.path, t.pad_idx))
+        layers[t.path].register_forward_hook(_hook(noise, t.path, cast(int, t.pad_idx)))
         for t in noise.tables
         if isinstance(layers[t.path], nn.Embedding)
     ]

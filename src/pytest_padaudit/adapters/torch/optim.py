@@ -13,7 +13,7 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import torch
 from torch import nn
@@ -44,6 +44,9 @@ HINT = (
 )
 
 
+#: an optimizer class as called: a subclass's __init__ (params, **hyper-parameters).
+_Build: TypeAlias = "Callable[..., torch.optim.Optimizer]"
+
 #: the code of the wrapper ``torch._disable_dynamo`` puts around a function.
 _DISABLED = torch._disable_dynamo(lambda: None).__code__
 
@@ -53,8 +56,8 @@ def _dynamo_disabled(obj: Any, found: dict[int, Any], depth: int = 0) -> None:
     obj = getattr(obj, "__func__", obj)  # staticmethod, classmethod
     if not isinstance(obj, types.FunctionType) or depth > 3:
         return
-    if obj.__code__ is _DISABLED and callable(getattr(obj, "__wrapped__", None)):
-        found[id(obj.__wrapped__)] = obj.__wrapped__
+    if obj.__code__ is _DISABLED and callable(wrapped := getattr(obj, "__wrapped__", None)):
+        found[id(wrapped)] = wrapped
     for cell in obj.__closure__ or ():
         with contextlib.suppress(ValueError):  # an empty cell
             _dynamo_disabled(cell.cell_contents, found, depth + 1)
@@ -87,7 +90,8 @@ def without_dynamo(*classes: type) -> Iterator[bool]:
     finally:
         for fn in marked:
             if getattr(fn, "__dynamo_disable", None) is fn:
-                del fn.__dynamo_disable
+                # mypy's `is` narrowing gives fn getattr's type (Any | None)
+                del fn.__dynamo_disable  # type: ignore[union-attr]
 
 
 def step_eagerly(optimizer: torch.optim.Optimizer) -> None:
@@ -163,7 +167,8 @@ class PadRowStepper:
                             f"{self.name}.step() needs a closure that re-runs the model: pass "
                             "an optimizer whose step() takes none (SGD, AdamW, ...)"
                         )
-                    self.optimizer.step(closure)
+                    # torch's stub types the closure as -> float; LBFGS & co. take the loss tensor
+                    self.optimizer.step(closure)  # type: ignore[arg-type]
                 else:
                     self.optimizer.step()
             except RuntimeError as exc:
@@ -248,11 +253,12 @@ def build_optimizer(
         if isinstance(spec, torch.optim.Optimizer):
             accepted = inspect.signature(type(spec)).parameters
             settings = {k: v for k, v in spec.defaults.items() if k in accepted}
+            make = cast(_Build, type(spec))  # a subclass's __init__, not Optimizer's
             with without_dynamo(type(spec)):
-                return type(spec)(_copied_groups(spec, params, originals or params), **settings)
+                return make(_copied_groups(spec, params, originals or params), **settings)
         if isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer):
             with without_dynamo(spec):
-                return spec(params)
+                return cast(_Build, spec)(params)
         if callable(spec):
             with without_dynamo(*ELEMENTWISE):  # the factory's class is not known before
                 built = spec(params)

@@ -6,6 +6,8 @@ parameters it is computed from, and never makes such a table sparse.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn.utils.weight_norm import WeightNorm
@@ -22,4 +24,4 @@ def weight(layer: nn.Module) -> torch.Tensor:
     for hook in layer._forward_pre_hooks.values():
         if isinstance(hook, WeightNorm) and hook.name == "weight":
             return hook.compute_weight(layer)
-    return layer.weight
+    return cast(torch.Tensor, layer.weight)

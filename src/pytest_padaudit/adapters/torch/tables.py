@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -90,7 +90,9 @@ class Lookups(torch.overrides.TorchFunctionMode):
 
 @contextmanager
 def untied(
-    model: nn.Module, layers: Mapping[str, nn.Module], tables: Sequence[Table]
+    model: nn.Module,
+    layers: Mapping[str, nn.Embedding | nn.EmbeddingBag],
+    tables: Sequence[Table],
 ) -> Iterator[dict[str, list[nn.Parameter]]]:
     """Give each tied head a leaf of its own sharing the weight; put the weight back."""
     modules = {path or ROOT: module for path, module in model.named_modules()}
@@ -107,7 +109,7 @@ def untied(
                     if param is weight:
                         leaf = leaf_like(weight)
                         module._parameters[name] = leaf
-                        swaps.append((module, name, param))
+                        swaps.append((module, name, cast(nn.Parameter, param)))  # it is the weight
                         leaves[t.path].append(leaf)
         yield leaves
     finally:

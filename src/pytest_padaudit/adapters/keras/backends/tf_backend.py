@@ -146,7 +146,8 @@ class TFBackend(Backend):
             for var, value in kept:
                 var.assign(value)
             if op_rng is not None and getattr(context, "_rng", None) is op_rng:
-                op_rng.setstate(op_state)
+                # mypy's `is` narrowing gives op_rng getattr's type (Any | None)
+                op_rng.setstate(op_state)  # type: ignore[union-attr]
 
     def noise(self, out: Any, ids: Any, pad: int, draw: Draw) -> Any:
         """Pure TensorFlow ops, so that it works inside a ``tf.function`` too."""
