@@ -207,10 +207,11 @@ class BaseHandle(ABC):
         """Return the model's vocabulary size when it declares one (else None)."""
         return None
 
-    def weights_expression(self, path: str) -> str | None:
-        """Return Python source that gives table ``path``'s weights from ``model``, the
-        same in every process (never an auto-generated name); None: the adapter has none."""
-        return None
+    def snippet(self, smallest: Mapping[str, Any]) -> list[str]:
+        """Return plain-framework lines that show a shrunk leak (``smallest``: its check,
+        layer, ids, pad_idx, padding_side), runnable where ``model`` is the audited model:
+        imports first, the table named the same in every process. []: none to offer."""
+        return []
 
     def reset(self) -> None:
         """Put the model back as preserve() found it (declare ``can_reset``)."""

@@ -13,7 +13,7 @@ step the audit's own optimizer (``optimizer=`` as given, or what the model carri
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -142,11 +142,9 @@ class Shrinker:
         if best is batch:
             return None
         real = int(best.lengths.sum())
-        weights = getattr(self.handle, "weights_expression", None)
-        return {
+        found = {
             "check": self.target.check,
             "layer": self.target.layer,
-            "weights": weights(self.target.layer) if callable(weights) else None,
             "ids": best.ids.tolist(),
             "pad_idx": int(best.pad_idx),
             "padding_side": best.padding_side,
@@ -157,6 +155,9 @@ class Shrinker:
             "optimizer": self.stepped,
             "from_shape": list(batch.shape),
         }
+        snippet = getattr(self.handle, "snippet", None)  # the adapter's plain-framework lines
+        found["snippet"] = snippet(found) if callable(snippet) else []
+        return found
 
     def _candidates(self, batch: PadBatch) -> Iterator[Any]:
         """Yield functions best -> smaller batch, in the order hypothesis would try them."""
@@ -190,3 +191,11 @@ def _size(b: PadBatch) -> tuple[int, int, int]:
     """Order batches as the search does: sequences, then real tokens, then pads."""
     real = int(b.lengths.sum())
     return (int(b.shape[0]), real, int(b.ids.size) - real)
+
+
+def wider(smallest: Mapping[str, Any]) -> list[list[int]]:
+    """Return a shrunk batch's ids with 4 more pad columns on its padding side."""
+    pads = [smallest["pad_idx"]] * 4
+    if smallest["padding_side"] == "right":
+        return [row + pads for row in smallest["ids"]]
+    return [pads + row for row in smallest["ids"]]

@@ -162,8 +162,6 @@ def reproduce_lines(audit: Audit) -> list[str]:
 
 def smallest_lines(audit: Audit) -> list[str]:
     """Return the shrunk batch and the plain reproduction (none: nothing shrunk)."""
-    from .repro import snippet
-
     small = audit.get("smallest")
     if not small:
         return []
@@ -175,7 +173,7 @@ def smallest_lines(audit: Audit) -> list[str]:
         f"ids = {small['ids']}",
     ]
     framework, backend = str(audit["framework"]), audit.get("backend")
-    code = snippet(framework, small, backend)
+    code = small.get("snippet") or []  # the adapter's lines (BaseHandle.snippet)
     if code:
         lines.append(f"plain {framework_label(framework, backend)} reproduction:")
         lines += [f"    {line}" for line in code]

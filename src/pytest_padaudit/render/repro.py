@@ -1,9 +1,9 @@
 """Lines that repeat an audit, written so that they run when pasted.
 
 ``audit_call`` renders the ``audit(...)`` call (an optimizer instance as the expression
-that builds it, with its hyper-parameters), ``rerun_line`` the pytest command, and
-``snippet`` the plain PyTorch or Keras reproduction of a shrunk batch, imports first. No
-framework is imported: objects are described by what they carry.
+that builds it, with its hyper-parameters) and ``rerun_line`` the pytest command. No
+framework is imported: objects are described by what they carry. The plain-framework
+reproduction of a shrunk batch is each adapter's (``BaseHandle.snippet``).
 """
 
 from __future__ import annotations
@@ -113,75 +113,3 @@ def rerun_line(test: str, seed: int | None) -> str:
     """Return the pytest command that reruns ``test`` (a node id) with ``seed``."""
     quoted = "'" + test.replace("'", "'\"'\"'") + "'"  # always quoted: ids hold [ ] and ::
     return f"pytest {quoted}" + ("" if seed is None else f" --padaudit-seed={seed}")
-
-
-def snippet(framework: str, smallest: dict[str, Any], backend: str | None = None) -> list[str]:
-    """Return the lines of plain PyTorch or Keras (on ``backend``) that show the leak.
-
-    They run in a fresh interpreter where ``model`` is the audited model: the imports
-    come first, and the table is named as ``smallest["weights"]`` says (never by an
-    auto-generated name, which depends on what the process built before).
-    """
-    ids, pad, layer = smallest["ids"], smallest["pad_idx"], smallest["layer"]
-    weights = smallest.get("weights")
-    wider = (
-        [row + [pad] * 4 for row in ids]
-        if smallest["padding_side"] == "right"
-        else [[pad] * 4 + row for row in ids]
-    )
-    if framework == "torch":
-        if smallest["check"] in ("grad", "update"):
-            weights = weights or f"model.get_submodule({layer!r}).weight"
-            return [
-                "import torch",
-                f"ids = torch.tensor({ids})",
-                "out = model(ids); out = out if torch.is_tensor(out) else out[0]; "
-                "(out * torch.rand_like(out)).sum().backward()",
-                f"print({weights}.grad[{pad}].abs().max())  # > 0: the pad row trains",
-            ]
-        return [
-            "import torch",
-            f"ids, wider = torch.tensor({ids}), torch.tensor({wider})",
-            "a, b = model(ids), model(wider)  # same sequences, 4 more pad columns",
-            "print(a, b)  # the real positions' outputs differ: pads reach them",
-        ]
-    if framework == "keras":
-        if smallest["check"] in ("grad", "update"):
-            weights = weights or f"model.get_layer({layer.rsplit('/', 1)[-1]!r}).embeddings"
-            return _keras_grad_lines(ids, pad, weights, backend)
-        return [
-            "import numpy as np",
-            f"ids, wider = np.array({ids}), np.array({wider})",
-            "a, b = model(ids), model(wider)  # same sequences, 4 more pad columns",
-            "print(a, b)  # the real positions' outputs differ: pads reach them",
-        ]
-    return []
-
-
-def _keras_grad_lines(ids: list, pad: int, weights: str, backend: str | None) -> list[str]:
-    """Return the pad row's gradient, computed the way Keras on ``backend`` computes one."""
-    if backend == "jax":
-        return [
-            "import jax, numpy as np; from keras import ops",
-            f"ids = np.array({ids}); emb = {weights}; "
-            "r = jax.random.uniform(jax.random.key(0), model(ids).shape)",
-            "f = lambda w: ops.sum(model.stateless_call([w if v is emb else v.value for v in "
-            "model.trainable_variables], [v.value for v in model.non_trainable_variables], "
-            "ids)[0] * r)",
-            f"print(abs(jax.grad(f)(emb.value)[{pad}]).max())  # > 0: the pad row trains",
-        ]
-    if backend == "torch":
-        return [
-            "import numpy as np, torch",
-            f"ids = np.array({ids}); emb = {weights}",
-            "out = model(ids); (out * torch.rand_like(out)).sum().backward()",
-            f"print(emb.value.grad[{pad}].abs().max())  # > 0: the pad row trains",
-        ]
-    return [
-        "import numpy as np, tensorflow as tf",
-        f"ids = np.array({ids})",
-        "with tf.GradientTape() as tape: out = model(ids); "
-        "loss = tf.reduce_sum(out * tf.random.uniform(tf.shape(out)))",
-        f"print(tf.reduce_max(tf.abs(tf.convert_to_tensor(tape.gradient(loss, "
-        f"{weights}))[{pad}])))  # > 0: the pad row trains",
-    ]

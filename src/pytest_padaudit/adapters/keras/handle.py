@@ -44,6 +44,7 @@ from .hub_hints import pad_hint
 from .lookups import SeenIds, TableCalls
 from .noise import noise_at_pads
 from .optim import PadRowStepper, elementwise
+from .snippet import snippet
 from .state import build_optimizer, restore_losses, saved_losses, training_scope
 from .tables import (
     base_variable,
@@ -132,12 +133,15 @@ class KerasHandle(BaseHandle):
             rows.append((t.path, self.backend.raw(base_variable(layer)), cast(int, t.pad_idx)))
         return rows
 
-    def weights_expression(self, path: str) -> str | None:
-        """Return ``model.weights[i]``: the table's index, not its auto-generated name."""
-        layer = self._layers.get(path)
+    def snippet(self, smallest: Mapping[str, Any]) -> list[str]:
+        """Return the plain Keras lines on this backend; the table is ``model.weights[i]``
+        (its index, never its auto-generated name)."""
+        layer = self._layers.get(smallest["layer"])
         table = base_variable(layer) if layer is not None else None
         index = next((i for i, w in enumerate(self.model.weights) if w is table), None)
-        return None if index is None else f"model.weights[{index}]"
+        if index is None:
+            return []
+        return snippet(smallest, f"model.weights[{index}]", self.backend.name)
 
     def input_table(self) -> str | None:
         """Return the path of a keras-hub model's token table: the batch draws its ids there.

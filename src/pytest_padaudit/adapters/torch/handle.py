@@ -25,6 +25,7 @@ from .noise import noise_at_pads
 from .optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .params import is_leaf as _is_leaf
 from .params import weight as _weight
+from .snippet import snippet
 from .state import can_be_sparse, floating_tensors, rows_of, to_numpy
 from .tables import Lookups, check_usable, compiled, uncompiled, untied
 
@@ -144,9 +145,11 @@ class TorchHandle(BaseHandle):
             return param.device
         return torch.device("cpu")
 
-    def weights_expression(self, path: str) -> str | None:
-        """Return ``model.get_submodule(path).weight`` (``model.weight`` for the model)."""
-        return "model.weight" if path == _ROOT else f"model.get_submodule({path!r}).weight"
+    def snippet(self, smallest: Mapping[str, Any]) -> list[str]:
+        """Return the plain PyTorch lines; the table is ``model.get_submodule(path).weight``."""
+        path = smallest["layer"]
+        weights = "model.weight" if path == _ROOT else f"model.get_submodule({path!r}).weight"
+        return snippet(smallest, weights)
 
     # -- state -----------------------------------------------------------------------
     @contextmanager
