@@ -8,6 +8,7 @@ overrides the tensor helpers too.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -160,14 +161,12 @@ class Backend:
         The model's own generators (dropout seeds) are variables, restored with the rest.
         """
         from keras.src.backend.common import global_state
-        from keras.src.random.seed_generator import SeedGenerator
 
         previous = global_state.get_global_attribute("global_seed_generator")
         state = getattr(previous, "state", None)
         kept = self.snapshot(state) if state is not None else None
         try:
-            seeded = SeedGenerator(seed, name="padaudit_seed_generator")
-            global_state.set_global_attribute("global_seed_generator", seeded)
+            global_state.set_global_attribute("global_seed_generator", _seed_generator(seed))
             with self.framework_rng(seed):
                 yield
         finally:
@@ -204,3 +203,30 @@ class Backend:
             scale = 1.0
         values = ops.convert_to_tensor(draw(tuple(out.shape))) * scale
         return ops.where(ops.convert_to_tensor(at[..., None]), ops.cast(values, out.dtype), out)
+
+
+#: the audit's own generators, built once per thread (Keras' global state is per thread)
+#: and reset to each audit's seed: building them costs more than the reset.
+_OWN = threading.local()
+
+
+def _seed_generator(seed: int) -> Any:
+    """Return this thread's padaudit SeedGenerator, its state as ``SeedGenerator(seed)``'s."""
+    from keras.src import backend
+    from keras.src.random.seed_generator import SeedGenerator
+
+    seeded = own_generator(
+        "keras", seed, lambda s: SeedGenerator(s, name="padaudit_seed_generator")
+    )
+    seeded.state.assign(backend.convert_to_tensor([seed, 0], dtype=backend.random_seed_dtype()))
+    return seeded
+
+
+def own_generator(name: str, seed: int, build: Callable[[int], Any]) -> Any:
+    """Return this thread's generator ``name``, built by ``build(seed)`` the first time;
+    the caller resets a returned one to ``seed``."""
+    made = getattr(_OWN, name, None)
+    if made is None:
+        made = build(seed)
+        setattr(_OWN, name, made)
+    return made

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .base import Backend, Draw, Pass, Run
+from .base import Backend, Draw, Pass, Run, own_generator
 
 
 class TFBackend(Backend):
@@ -138,7 +138,9 @@ class TFBackend(Backend):
         try:
             with outer:
                 if generators is not None:
-                    generators.global_generator = tf.random.Generator.from_seed(seed)
+                    own = own_generator("tf", seed, tf.random.Generator.from_seed)
+                    own.reset_from_seed(seed)  # as from_seed(seed) builds it, bitwise
+                    generators.global_generator = own
                 yield
         finally:
             if generators is not None:
