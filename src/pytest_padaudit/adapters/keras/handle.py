@@ -341,12 +341,11 @@ class KerasHandle(BaseHandle):
 
         done = self.backend.gradients(run, targets, taps=True)
         opts = self.options
-        own: str | np.ndarray | None  # the loss option's name, then each pad row's gradient
-        own = "step=" if opts.step is not None else "loss=" if callable(opts.loss) else ""
-        if own and not any(map(self.backend.connected, done.grads + done.taps)):
+        given = "step=" if opts.step is not None else "loss=" if callable(opts.loss) else ""
+        if given and not any(map(self.backend.connected, done.grads + done.taps)):
             raise PadAuditError(
-                f"the {own} callable's result does not depend on the embedding tables, so no "
-                f"gradient can reach a pad row: pass {own}callable that computes the loss from "
+                f"the {given} callable's result does not depend on the embedding tables, so no "
+                f"gradient can reach a pad row: pass {given}callable that computes the loss from "
                 "the model's output"
             )
         by_var = dict(zip(map(id, targets), done.grads, strict=True))
