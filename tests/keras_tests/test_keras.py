@@ -83,7 +83,7 @@ def test_masked_global_average_pooling_is_clean():
 
 @pytest.mark.filterwarnings("ignore:.*does not support masking")
 def test_flatten_drops_the_mask():
-    model = functional(lambda x: layers.Dense(1)(layers.Flatten()(x)), seq_len=16)
+    model = functional(lambda x: layers.Dense(1)(layers.Flatten(name="flatten")(x)), seq_len=16)
     report = audit(model)
     grad = finding(report, "grad")
     assert grad.cause == "unmasked"
