@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 BATCH, SEQ, DIM = 32, 128, 64
+#: the small encoders' batch (issue 21): 16 x 64
+SMALL = (16, 64)
 
 
 def peak_rss() -> int:
@@ -51,24 +53,31 @@ class Bench:
     def pool(self, vocab: int) -> Any:
         raise NotImplementedError
 
-    def encoder(self) -> Any:
+    def encoder(self, layers: int = 4, dim: int = 256) -> Any:
         raise NotImplementedError
 
-    def forward_backward(self, model: Any) -> Callable[[], None]:
+    def small_encoder(self) -> Any:
+        """Return the small encoder: 2 layers, d=128 (timed on a 16 x 64 batch)."""
+        return self.encoder(layers=2, dim=128)
+
+    def forward_backward(
+        self, model: Any, shape: tuple[int, int] = (BATCH, SEQ)
+    ) -> Callable[[], None]:
         raise NotImplementedError
 
-    def train_step(self, model: Any) -> Callable[[], None]:
+    def train_step(self, model: Any, shape: tuple[int, int] = (BATCH, SEQ)) -> Callable[[], None]:
         raise NotImplementedError
 
 
-def bare_ids(vocab: int) -> Any:
-    """A 32 x 128 batch of ids with about a fifth pads (id 0), as NumPy."""
+def bare_ids(vocab: int, shape: tuple[int, int] = (BATCH, SEQ)) -> Any:
+    """A batch of ids (32 x 128 unless told) with about a fifth pads (id 0), as NumPy."""
     import numpy as np
 
+    batch, seq = shape
     rng = np.random.default_rng(0)
-    ids = rng.integers(1, vocab, size=(BATCH, SEQ))
-    lengths = rng.integers(int(SEQ * 0.6), SEQ + 1, size=BATCH)
-    ids[np.arange(SEQ)[None, :] >= lengths[:, None]] = 0
+    ids = rng.integers(1, vocab, size=(batch, seq))
+    lengths = rng.integers(int(seq * 0.6), seq + 1, size=batch)
+    ids[np.arange(seq)[None, :] >= lengths[:, None]] = 0
     return ids
 
 
@@ -96,16 +105,16 @@ class TorchBench(Bench):
 
         return Pool()
 
-    def encoder(self) -> Any:
+    def encoder(self, layers: int = 4, dim: int = 256) -> Any:
         from torch import nn
 
         class Encoder(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.embed = nn.Embedding(10_000, 256, padding_idx=0)
-                layer = nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True)
-                self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-                self.head = nn.Linear(256, 4)
+                self.embed = nn.Embedding(10_000, dim, padding_idx=0)
+                layer = nn.TransformerEncoderLayer(dim, 4, 4 * dim, batch_first=True)
+                self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+                self.head = nn.Linear(dim, 4)
 
             def forward(self, ids: Any) -> Any:
                 pad = ids == 0
@@ -115,10 +124,12 @@ class TorchBench(Bench):
 
         return Encoder()
 
-    def forward_backward(self, model: Any) -> Callable[[], None]:
+    def forward_backward(
+        self, model: Any, shape: tuple[int, int] = (BATCH, SEQ)
+    ) -> Callable[[], None]:
         import torch
 
-        ids = torch.from_numpy(bare_ids(model.embed.num_embeddings))
+        ids = torch.from_numpy(bare_ids(model.embed.num_embeddings, shape))
 
         def run() -> None:
             model.zero_grad(set_to_none=True)
@@ -126,11 +137,11 @@ class TorchBench(Bench):
 
         return run
 
-    def train_step(self, model: Any) -> Callable[[], None]:
+    def train_step(self, model: Any, shape: tuple[int, int] = (BATCH, SEQ)) -> Callable[[], None]:
         import torch
 
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        forward_backward = self.forward_backward(model)
+        forward_backward = self.forward_backward(model, shape)
 
         def run() -> None:
             forward_backward()
@@ -164,24 +175,28 @@ class KerasBench(Bench):
     def pool(self, vocab: int) -> Any:
         return self._classifier(vocab, DIM, lambda x, keep: x)
 
-    def encoder(self) -> Any:
-        layers, ops = self.keras.layers, self.keras.ops
+    def encoder(self, layers: int = 4, dim: int = 256) -> Any:
+        keras_layers, ops = self.keras.layers, self.keras.ops
 
         def body(x: Any, keep: Any) -> Any:
             attend = ops.expand_dims(keep, 1)  # (batch, 1, keys): never attend to pad keys
-            for _ in range(4):  # Keras' attention passes no mask on: give each one its own
-                attention = layers.MultiHeadAttention(4, 64)(x, x, attention_mask=attend)
-                x = layers.LayerNormalization()(layers.Add()([x, attention]))
-                ffn = layers.Dense(256)(layers.Dense(1024, activation="relu")(x))
-                x = layers.LayerNormalization()(layers.Add()([x, ffn]))
+            for _ in range(layers):  # Keras' attention passes no mask on: give each its own
+                attention = keras_layers.MultiHeadAttention(4, dim // 4)(
+                    x, x, attention_mask=attend
+                )
+                x = keras_layers.LayerNormalization()(keras_layers.Add()([x, attention]))
+                ffn = keras_layers.Dense(dim)(keras_layers.Dense(4 * dim, activation="relu")(x))
+                x = keras_layers.LayerNormalization()(keras_layers.Add()([x, ffn]))
             return x
 
-        return self._classifier(10_000, 256, body)
+        return self._classifier(10_000, dim, body)
 
-    def forward_backward(self, model: Any) -> Callable[[], None]:
+    def forward_backward(
+        self, model: Any, shape: tuple[int, int] = (BATCH, SEQ)
+    ) -> Callable[[], None]:
         import tensorflow as tf
 
-        ids = tf.constant(bare_ids(model.get_layer("embed").input_dim), dtype=tf.int32)
+        ids = tf.constant(bare_ids(model.get_layer("embed").input_dim, shape), dtype=tf.int32)
 
         def run() -> Any:
             with tf.GradientTape() as tape:
@@ -190,9 +205,9 @@ class KerasBench(Bench):
 
         return run
 
-    def train_step(self, model: Any) -> Callable[[], None]:
+    def train_step(self, model: Any, shape: tuple[int, int] = (BATCH, SEQ)) -> Callable[[], None]:
         optimizer = self.keras.optimizers.SGD(0.01)
-        forward_backward = self.forward_backward(model)
+        forward_backward = self.forward_backward(model, shape)
 
         def run() -> None:
             grads = forward_backward()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 import transformers
-from run import interleaved, median_time
+from timing import interleaved, median_time
 
 from pytest_padaudit.guards import TrainerPadGuard
 

@@ -29,6 +29,8 @@ class RealModel:
     forward_backward: Callable[[Any], Callable[[], Any]]
     train_step: Callable[[Any], Callable[[], None]]
     options: dict[str, Any] = field(default_factory=dict)
+    #: the most one warm default audit may take, in seconds (None: no target)
+    audit_target_s: float | None = None
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.module.split(","))
@@ -132,14 +134,19 @@ def hub_train_step(model: Any) -> Callable[[], None]:
 
 MODELS = [
     RealModel(
-        "transformers BertModel", "torch,transformers", hf_bert, hf_forward_backward, hf_train_step
+        "transformers tiny BertModel",
+        "torch,transformers",
+        hf_bert,
+        hf_forward_backward,
+        hf_train_step,
     ),
     RealModel(
-        "keras-hub BertBackbone",
+        "keras-hub tiny BertBackbone",
         "tensorflow,keras_hub",
         hub_bert,
         hub_forward_backward,
         hub_train_step,
         {"pad_idx": 0},
+        audit_target_s=0.5,
     ),
 ]
