@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
-
-import numpy as np
 
 from ..render import report as _text  # noqa: F401 -- installs the reports' text renderer
 from .base import capabilities
-from .batch import LossPlan, PadBatch, make_batch
+from .batch import PadBatch, make_batch
 from .errors import PadAuditError
-from .handle import ModelHandle, OptimizerInfo, Table
+from .handle import ModelHandle, Table
 from .hooks import plugin_manager
 from .invariance import check_invariance
 from .options import AuditOptions, framework_seed
 from .pipeline import GENERIC_FIXES, blame_the_step, data_findings, user_pad_batch
-from .result import AuditReport, Finding, TableResult
+from .result import AuditReport, TableResult
 from .shrink import attach_smallest
 from .tables import (
     NO_PAD,
@@ -30,10 +27,9 @@ from .tables import (
     check_range,
     in_range,
     likely_token_table,
-    mismatch,
-    mismatch_words,
     token_tables,
 )
+from .train import Readings, judge_train, measure
 
 #: audits seed process-wide generators (torch, TF, Keras): one audit at a time.
 _ONE_AT_A_TIME = threading.RLock()
@@ -91,15 +87,21 @@ def run_audit(
     opts: AuditOptions,
     test: str | None = None,
     batch: PadBatch | None = None,
+    *,
+    ahead: bool = True,
 ) -> AuditReport:
     """Run the selected checks on ``handle`` inside its preserve() block (no result hook).
 
     ``test`` names the test the audit runs for (the result hook sees it); ``batch``
-    replaces the synthetic batch (shrink.py re-runs the checks on smaller ones).
+    replaces the synthetic batch (shrink.py re-runs the checks on smaller ones). A handle
+    that records lookups in its train pass runs that pass first, on the tables it will
+    most likely audit (``ahead``); when the lookups then name other tables, the audit
+    starts again the plain way: a lookups pass, then the train pass on the right tables.
     """
     tables = handle.tables(opts.pad_idx)
     found = candidates(handle, tables, opts)
     primary = likely_token_table(handle, found)
+    given = batch
     if batch is None:
         batch = _batch_for(handle, opts, primary, found)
     report = AuditReport(
@@ -115,25 +117,58 @@ def run_audit(
         invariance=None,
         test=test,
     )
+    guess = _guess(handle, opts, found, primary) if ahead else []
     with _ONE_AT_A_TIME, handle.preserve(framework_seed(opts.seed)):
-        audited = token_tables(handle, batch, tables, opts, report)
-        if primary.path not in {t.path for t in audited}:  # the guess was no token table
-            batch = _batch_for(handle, opts, audited[0], audited)
-            report.batch, report.batch_text = batch.to_dict(), batch.describe()
-        if batch.inputs is not None:
-            fixes = capabilities(handle).pipeline_fixes or GENERIC_FIXES
-            report.findings += data_findings(batch.inputs, batch.pad_idx, audited[0].path, fixes)
-        if {"grad", "update"} & set(opts.checks):
-            _train_checks(handle, batch, audited, opts, report)
-        if "invariance" in opts.checks:
-            if {"grad", "update"} & set(opts.checks) and capabilities(handle).reset:
-                handle.reset()  # every check measures the model as the user handed it over
-            report.invariance = check_invariance(handle, batch, audited, opts, report)
-            if opts.step is not None:
-                blame_the_step(handle, batch, audited, opts, report)
+        first = measure(handle, batch, guess, opts) if guess else None
+        seen = handle.recorded_lookups() if first else None  # type: ignore[attr-defined]
+        audited = token_tables(handle, batch, tables, opts, report, seen)
+        wrong = first is not None and [t.path for t in audited] != [t.path for t in guess]
+        if not wrong:
+            if primary.path not in {t.path for t in audited}:  # the guess was no token table
+                batch = _batch_for(handle, opts, audited[0], audited)
+                report.batch, report.batch_text = batch.to_dict(), batch.describe()
+            _checks(handle, batch, audited, opts, report, first)
+    if wrong:
+        return run_audit(handle, opts, test, given, ahead=False)
     for finding in report.findings:
         finding.allowed = finding.cause in opts.allow
     return report
+
+
+def _guess(
+    handle: ModelHandle, opts: AuditOptions, found: list[Table], primary: Table
+) -> list[Table]:
+    """Return the tables the lookups will most likely keep, when the train pass can record
+    them (else none): the model's input table where it names one, else every pad table."""
+    if not getattr(handle, "records_lookups", False) or not {"grad", "update"} & set(opts.checks):
+        return []
+    named = capabilities(handle).input_table and handle.input_table() == primary.path  # type: ignore[attr-defined]
+    guess = [primary] if named else found
+    return guess if all(in_range(t) for t in guess) else []
+
+
+def _checks(
+    handle: ModelHandle,
+    batch: PadBatch,
+    audited: list[Table],
+    opts: AuditOptions,
+    report: AuditReport,
+    first: Readings | None,
+) -> None:
+    """Run the data, train and invariance checks on the audited tables."""
+    if batch.inputs is not None:
+        fixes = capabilities(handle).pipeline_fixes or GENERIC_FIXES
+        report.findings += data_findings(batch.inputs, batch.pad_idx, audited[0].path, fixes)
+    train = bool({"grad", "update"} & set(opts.checks))
+    if train:
+        readings = first or measure(handle, batch, audited, opts)
+        judge_train(handle, audited, readings, opts, report)
+    if "invariance" in opts.checks:
+        if train and capabilities(handle).reset:
+            handle.reset()  # every check measures the model as the user handed it over
+        report.invariance = check_invariance(handle, batch, audited, opts, report)
+        if opts.step is not None:
+            blame_the_step(handle, batch, audited, opts, report)
 
 
 def _batch_for(
@@ -176,202 +211,3 @@ def _make_batch(opts: AuditOptions, vocab: int, pad: int, pads: tuple[int, ...])
 def _table_result(t: Table) -> TableResult:
     skipped = None if t.pad_idx is not None else NO_PAD
     return TableResult(t.path, t.kind, t.pad_idx, t.rows, skipped, tied_with=list(t.tied_with))
-
-
-def _maxabs(a: np.ndarray | None) -> float:
-    """Return max |a| (0 for None or empty; nan when a value is not finite)."""
-    if a is None or a.size == 0:
-        return 0.0
-    if not np.isfinite(a).all():
-        return float("nan")
-    return float(np.abs(a).max())
-
-
-def _train_checks(
-    handle: ModelHandle,
-    batch: PadBatch,
-    tables: list[Table],
-    opts: AuditOptions,
-    report: AuditReport,
-) -> None:
-    """Run ``steps`` train passes (and optimizer steps); judge grad and update.
-
-    A tied table's pad-row gradient comes in two parts, judged apart: through its lookups
-    (``train_pass``) and through the output projection it is tied to (``head_grads``).
-    """
-    plan = LossPlan(batch, "masked" if opts.loss == "masked" else "all", opts.seed)
-    optimizer = handle.make_optimizer(tables, opts.optimizer) if "update" in opts.checks else None
-    head_grads = handle.head_grads if capabilities(handle).head_grads else None
-    start = handle.read_pad_rows(tables)
-    _optimizer_notes(tables, start, optimizer, opts, report)
-    report.optimizer = optimizer.name if optimizer else None
-    rows = start
-    first: dict[str, Grads] = {}
-    peak = {t.path: Grads() for t in tables}
-    forward_peak = {t.path: 0.0 for t in tables}
-    for _ in range(opts.steps if optimizer else 1):
-        grads = handle.train_pass(batch, plan, tables)
-        heads = head_grads() if head_grads is not None else {}
-        after_forward = handle.read_pad_rows(tables)
-        for t in tables:
-            g = Grads(_maxabs(grads.get(t.path)), _maxabs(heads.get(t.path)), t.path in heads)
-            first.setdefault(t.path, g)
-            peak[t.path] = peak[t.path].worst(g)
-            moved = _maxabs(after_forward[t.path] - rows[t.path])
-            forward_peak[t.path] = max(forward_peak[t.path], moved)
-        if optimizer:
-            handle.step(optimizer)
-        rows = handle.read_pad_rows(tables)
-    results = {r.layer: r for r in report.tables}
-    for t in tables:
-        result = results[t.path]
-        if "grad" in opts.checks:
-            _judge_grad(handle, t, first[t.path], opts, report, result)
-        if optimizer:
-            change = _maxabs(rows[t.path] - start[t.path])
-            _judge_update(
-                handle,
-                t,
-                change,
-                forward_peak[t.path],
-                peak[t.path],
-                optimizer,
-                opts,
-                report,
-                result,
-            )
-
-
-@dataclass(frozen=True)
-class Grads:
-    """max|g| of a pad row's gradient: through the lookups, and through a tied head."""
-
-    lookup: float = 0.0
-    head: float = 0.0
-    split: bool = False  # the handle reported a head part
-
-    def worst(self, other: Grads) -> Grads:
-        def top(a: float, b: float) -> float:
-            return a if a != a else b if b != b else max(a, b)
-
-        split = self.split or other.split
-        return Grads(top(self.lookup, other.lookup), top(self.head, other.head), split)
-
-
-def _leaks(value: float, opts: AuditOptions) -> bool:
-    return value != value or value > opts.atol
-
-
-def _lookup_words(
-    handle: ModelHandle, t: Table, opts: AuditOptions, event: str
-) -> tuple[str, str, str]:
-    """Words for a gradient through the lookups: a mismatched pad id is its own cause."""
-    if event == "grad" and t.own_pad and mismatch(t):
-        return mismatch_words(handle, t, opts)
-    return handle.explain(event, t, opts, None)
-
-
-def _optimizer_notes(
-    tables: list[Table],
-    start: dict[str, np.ndarray],
-    optimizer: OptimizerInfo | None,
-    opts: AuditOptions,
-    report: AuditReport,
-) -> None:
-    """Record each pad row's norm; say which optimizer ran and what weight decay would do."""
-    results = {r.layer: r for r in report.tables}
-    if optimizer is not None and optimizer.note:
-        report.notes.append(optimizer.note)
-    if optimizer is not None and optimizer.origin:
-        report.notes.append(
-            f"update check: {optimizer.name} from {optimizer.origin} (a fresh copy with its "
-            "settings; the model's own optimizer and its state are not touched)"
-        )
-    default = opts.optimizer is None and (optimizer is None or optimizer.origin is None)
-    for t in tables:
-        norm = float(np.linalg.norm(start[t.path]))
-        results[t.path].pad_norm = norm
-        if default and norm > opts.atol and not (optimizer and optimizer.weight_decay):
-            report.notes.append(
-                f"{t.path}: the pad row is not zero (|row| = {norm:.3g}); an optimizer with "
-                "weight decay would move this row by lr*wd*|row| per step; pass optimizer= "
-                "to check"
-            )
-
-
-def _judge_grad(
-    handle: ModelHandle,
-    t: Table,
-    g: Grads,
-    opts: AuditOptions,
-    report: AuditReport,
-    result: TableResult,
-) -> None:
-    if not t.trainable:
-        report.notes.append(f"{t.path}: grad check skipped, the table is frozen (not trainable)")
-        return
-    result.grad = g.lookup
-    if g.split:
-        result.head_grad = g.head
-    heads = ", ".join(t.tied_with) or "the output projection"
-    if _leaks(g.lookup, opts):
-        event = "nonfinite" if g.lookup != g.lookup else "grad"
-        cause, why, fix = _lookup_words(handle, t, opts, event)
-        if event == "nonfinite":
-            message = "the pad row's gradient is not finite (nan/inf) on the synthetic batch"
-        else:
-            through = " through its lookups" if g.split else ""
-            message = f"pad-row gradient{through} max|g| = {g.lookup:.3g} (atol {opts.atol:g})"
-        if g.split:
-            message += f"; the tied head {heads} adds max|g| = {g.head:.3g}, judged apart"
-        finding = Finding("grad", t.path, t.pad_idx, g.lookup, cause, message, why, fix)
-        report.findings.append(finding)
-    if g.split and _leaks(g.head, opts):
-        cause, why, fix = handle.explain("tied", t, opts, g.head)
-        message = (
-            f"pad-row gradient through the tied head {heads} max|g| = {g.head:.3g} "
-            f"(atol {opts.atol:g}); through the lookups max|g| = {g.lookup:.3g}"
-        )
-        finding = Finding("grad", t.path, t.pad_idx, g.head, cause, message, why, fix)
-        report.findings.append(finding)
-
-
-def _judge_update(
-    handle: ModelHandle,
-    t: Table,
-    change: float,
-    forward: float,
-    grad: Grads,
-    optimizer: OptimizerInfo,
-    opts: AuditOptions,
-    report: AuditReport,
-    result: TableResult,
-) -> None:
-    result.update = change
-    if change == change and change <= opts.atol:
-        return
-    if forward > opts.atol:
-        cause, why, fix = handle.explain("forward", t, opts, forward)
-    elif _leaks(grad.lookup, opts):  # the grad finding's cause, so allow= covers both
-        event = "nonfinite" if grad.lookup != grad.lookup else "grad"
-        cause, why, fix = _lookup_words(handle, t, opts, event)
-        why = f"its own non-zero gradient (max|g| = {grad.lookup:.3g}) moved it: {why}"
-    elif grad.split and _leaks(grad.head, opts):
-        cause, why, fix = handle.explain("tied", t, opts, grad.head)
-        why = f"the tied head's gradient (max|g| = {grad.head:.3g}) moved it: {why}"
-    else:
-        cause, why, fix = handle.explain("optimizer", t, opts, optimizer)
-    result.update_cause = cause
-    steps = f"{opts.steps} {optimizer.name} step" + ("s" if opts.steps > 1 else "")
-    report.findings.append(
-        Finding(
-            "update",
-            t.path,
-            t.pad_idx,
-            change,
-            cause,
-            f"the pad row changed by max|Δ| = {change:.3g} over {steps} (atol {opts.atol:g})",
-            why,
-            fix,
-        )
-    )

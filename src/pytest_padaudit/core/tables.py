@@ -90,13 +90,17 @@ def token_tables(
     tables: Sequence[Table],
     opts: AuditOptions,
     report: AuditReport,
+    seen: Mapping[str, np.ndarray] | None = None,
 ) -> list[Table]:
     """Probe which tables the batch's ids are looked up in; return the tables to audit.
 
-    Mark the others skipped in ``report``; report each ``pad_mismatch``.
+    ``seen``: the lookups a train pass already recorded (else a lookups pass runs). Mark
+    the others skipped in ``report``; report each ``pad_mismatch``.
     """
     results = {r.layer: r for r in report.tables}
-    if not capabilities(handle).lookups:  # a handle that cannot tell: every table with a pad id
+    if seen is not None:
+        audited = _classify(seen, batch, tables, results, report)
+    elif not capabilities(handle).lookups:  # a handle that cannot tell: every pad table
         audited = [t for t in tables if t.pad_idx is not None]
     else:
         audited = _classify(handle.lookups(batch), batch, tables, results, report)

@@ -71,6 +71,7 @@ class KerasHandle(BaseHandle):
     has_input_table = True
     traces_perturb = True
     reads_batches = True
+    records_lookups = True
     pipeline_fixes = PIPELINE_FIXES
     WORDS = keras_words.WORDS
 
@@ -95,6 +96,8 @@ class KerasHandle(BaseHandle):
         self.grad_sources: dict[str, tuple[float, float | None]] = {}
         #: per tied table: the last train pass's pad-row gradient through the logits head.
         self._heads: dict[str, np.ndarray] = {}
+        #: the ids each table was looked up with in the last train pass (None: not known).
+        self._seen: dict[str, np.ndarray] | None = None
         self.last_batch: PadBatch | None = None
         #: the dict inputs a keras-hub style model takes ({name: (role, dtype)}), else None.
         self._roles = dict_inputs(model)
@@ -318,6 +321,11 @@ class KerasHandle(BaseHandle):
             restore_losses(losses)
         return seen.result()
 
+    def recorded_lookups(self) -> dict[str, np.ndarray] | None:
+        """Return the ids each table was looked up with in the last train pass (None:
+        some were traced, not known)."""
+        return self._seen
+
     def head_grads(self) -> dict[str, np.ndarray]:
         """Return each tied table's pad-row gradient through the logits head (last pass)."""
         return dict(self._heads)
@@ -329,13 +337,20 @@ class KerasHandle(BaseHandle):
         self.last_batch = batch
         kb = self.tensors(batch, training=True)
         targets = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
-        layers = [(t.path, self._layers[t.path]) for t in tables]
+        audited = {t.path for t in tables}
         recorded: list[TableCalls] = []
+        seen: list[SeenIds] = []
 
         def run(tap: Any) -> tuple[Any, list[Any]]:
             calls = TableCalls(self.backend, tap)
-            recorded[:] = [calls]
-            with recorded_calls(layers, calls.record):
+            ids = SeenIds(self.backend, list(self._layers))
+            recorded[:], seen[:] = [calls], [ids]
+
+            def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+                ids.record(path, layer, args, kwargs, out)
+                return calls.record(path, layer, args, kwargs, out) if path in audited else None
+
+            with recorded_calls(list(self._layers.items()), record):
                 output = self.forward(kb)
             return self.loss(output, kb, plan), calls.tensors()
 
@@ -352,6 +367,7 @@ class KerasHandle(BaseHandle):
         self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
         pads = {t.path: cast(int, t.pad_idx) for t in tables}
         through, self._heads = recorded[0].pad_rows(done.taps, done.aux, pads)
+        self._seen = seen[0].result() if seen[0].complete else None
         result: dict[str, np.ndarray | None] = {}
         for t in tables:
             layer = self._layers[t.path]

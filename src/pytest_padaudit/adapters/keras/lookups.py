@@ -82,11 +82,18 @@ class SeenIds:
     def __init__(self, backend: Backend, paths: list[str]) -> None:
         self.backend = backend
         self.seen: dict[str, list[np.ndarray]] = {path: [] for path in paths}
+        #: False once a call's ids were not known (traced): the record is incomplete.
+        self.complete = True
 
     def record(self, path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
         ids = lookup_ids(self.backend, layer, args, kwargs)
-        if ids is not None:
-            self.seen[path].append(np.unique(self.backend.ints(ids).ravel()))
+        if ids is None:
+            return
+        values = self.backend.values(ids)
+        if values is None:
+            self.complete = False
+            return
+        self.seen[path].append(np.unique(values.astype(np.int64).ravel()))
 
     def result(self) -> dict[str, np.ndarray]:
         """Return {path: sorted distinct ids} (empty for a table never looked up)."""

@@ -63,6 +63,7 @@ class TorchHandle(BaseHandle):
     can_reset = True
     has_head_grads = True
     traces_perturb = True
+    records_lookups = True
 
     def __init__(self, model: nn.Module, options: AuditOptions) -> None:
         check_usable(model)
@@ -74,6 +75,8 @@ class TorchHandle(BaseHandle):
         self._path_of: dict[int, str] = {}
         #: the pad-row gradient through tied heads, from the last train_pass.
         self._heads: dict[str, np.ndarray] = {}
+        #: the ids each table was looked up with in the last train pass.
+        self._seen: dict[str, np.ndarray] = {}
         self._audited: list[Table] = []
         #: (tensor, copy) pairs put back when the audit ends; whole tables join when needed.
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -367,12 +370,14 @@ class TorchHandle(BaseHandle):
             for t in tables
             if not _is_leaf(layer := self._layers[t.path])
         ]
+        recorder = Lookups(self._path_of)
         try:
-            with untied(self.model, self._layers, tables) as leaves, parametrize.cached():
+            with untied(self.model, self._layers, tables) as leaves, parametrize.cached(), recorder:
                 self._backward(batch, plan)
         finally:
             for hook in hooks:
                 hook.remove()
+        self._seen = recorder.unique()
         grads = {t.path: self._pad_grad(t) for t in tables}
         for t in tables:
             parts = [leaf.grad for leaf in leaves.get(t.path, ()) if leaf.grad is not None]
@@ -385,6 +390,10 @@ class TorchHandle(BaseHandle):
                 own = weight.grad
                 weight.grad = head if own is None else own.to_dense() + head
         return grads
+
+    def recorded_lookups(self) -> dict[str, np.ndarray]:
+        """Return the ids each table was looked up with in the last train pass."""
+        return dict(self._seen)
 
     def head_grads(self) -> dict[str, np.ndarray]:
         return dict(self._heads)
