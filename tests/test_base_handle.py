@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_padaudit.core.base import BaseHandle, Capabilities, PadNoise, capabilities
+from pytest_padaudit.core.base import BaseHandle, Capabilities, capabilities
 from pytest_padaudit.core.handle import Table
+from pytest_padaudit.core.noise import PadNoise
 
 from support.numpy_adapter import NumpyHandle, NumpyTagger
 
@@ -57,7 +58,7 @@ def test_one_seed_recipe_for_every_framework() -> None:
 
 def test_token_tables_only() -> None:
     tables = [Table("a", 9, 2, "Embed", 0, False, token=False), Table("b", 9, 2, "E", 0, False)]
-    from pytest_padaudit.core.base import pad_noise
+    from pytest_padaudit.core.noise import pad_noise
 
     seen = []
     with pytest.raises(Exception, match=r"no token table \(b\) emitted"):  # noqa: SIM117

@@ -17,9 +17,9 @@ import pytest_padaudit
 from pytest_padaudit import audit, audit_checkpoint
 from pytest_padaudit.adapters.flax import ADAPTER
 from pytest_padaudit.adapters.flax.noise import noisy
-from pytest_padaudit.core.base import PadNoise
 from pytest_padaudit.core.handle import Table
 from pytest_padaudit.core.hooks import plugin_manager
+from pytest_padaudit.core.noise import PadNoise
 
 from flax_zoo import PAD, MeanPool
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pluggy
 
+from ..render import repro
 from . import hookspecs
 from .hookspecs import hookimpl
 
@@ -88,3 +89,6 @@ class Bridge:
             for plugin in self.plugins:
                 unregister(plugin)
             self.plugins.clear()
+
+
+repro.use_plugin_manager(plugin_manager)  # reproduce lines ask the adapters for their objects

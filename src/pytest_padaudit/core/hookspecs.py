@@ -47,6 +47,18 @@ def padaudit_make_batch(
     """Return the synthetic padded batch for an audit, or None for the default one."""
 
 
+@hookspec(firstresult=True)
+def padaudit_expression(value: object) -> str | None:
+    """Return Python source that rebuilds ``value``, or None when this adapter does not know it.
+
+    ``value`` is an option of an audit (an optimizer instance, a class): the ``reproduce:``
+    line writes it. Answer for your framework's own objects: a class by its public dotted
+    name (``torch.optim.AdamW``), an instance as the call that builds it, which may use the
+    test's names (``lambda params: ...``). Import no framework: ``value`` exists, so its
+    framework is imported already (check ``sys.modules`` first).
+    """
+
+
 @hookspec
 def padaudit_audit_finished(report: AuditReport) -> None:
     """Called once with every finished audit, before the plugin judges it: the result hook.

@@ -2,7 +2,8 @@
 
 The session report (terminal table, JSON, Markdown, JUnit properties, reproduction) works
 on audits as JSON primitives (:func:`primitives` of ``AuditReport.to_dict()``), the form
-in which they travel from pytest-xdist workers. This module knows no pytest.
+in which they travel from pytest-xdist workers; each table's cells are ``cells.py``'s.
+This module knows no pytest.
 """
 
 from __future__ import annotations
@@ -10,30 +11,28 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.result import use_renderer
+from .cells import (
+    HEAD,
+    Audit,
+    framework_label,
+    grad_cell,
+    num,
+    pad_cell,
+    table_rows,
+    table_verdicts,
+    update_cell,
+)
 from .layout import GAP, align, fit_widths, heading, span, wrap
 
 if TYPE_CHECKING:
     from ..core.result import AuditReport
 
-Audit = Mapping[str, Any]
 #: the ``version`` of the JSON report; bump it when a field changes meaning or goes away.
 JSON_VERSION = 1
-HEAD = (
-    "test",
-    "framework",
-    "model",
-    "layer",
-    "pad id",
-    "grad max|g|",
-    "update max|Δ|",
-    "inv. rel. diff",
-    "verdict",
-)
 #: the columns under a per-audit heading, when the test id cannot have a column.
 NARROW_HEAD = ("layer", "pad", "max|g|", "max|Δ| (cause)", "inv.diff", "verdict")
 
@@ -53,57 +52,6 @@ def primitives(value: Any) -> Any:
     return str(value)
 
 
-def _num(value: float | str | None) -> str:
-    if value is None:
-        return "-"
-    return value if isinstance(value, str) else f"{value:.3g}"
-
-
-def _pad(table: Audit) -> str:
-    return "-" if table["pad_idx"] is None else str(table["pad_idx"])
-
-
-def _grad(table: Audit) -> str:
-    """The pad row's gradient; a tied table's part through the output head added after it."""
-    head = table.get("head_grad")
-    return _num(table.get("grad")) + (f" (+head {_num(head)})" if head else "")
-
-
-def _update(table: Audit) -> str:
-    cause = table.get("update_cause")
-    return _num(table.get("update")) + (f" ({cause})" if cause else "")
-
-
-def _verdict(table: Audit, findings: Iterable[Audit]) -> tuple[str, str]:
-    """Return (status, words) for a table given the findings that concern it."""
-    if table.get("pad_idx") is None or table.get("skipped"):
-        reason = str(table.get("skipped") or "no pad id").split(" (")[0].split(":")[0]
-        return "skipped", f"skipped: {reason}"
-    found = list(findings)
-    leaks = [f["check"] for f in found if not f.get("allowed")]
-    if leaks:
-        return "leak", "LEAK: " + ", ".join(dict.fromkeys(leaks))
-    if found:
-        return "allowed", "allowed: " + ", ".join(dict.fromkeys(str(f["cause"]) for f in found))
-    return "clean", "clean"
-
-
-def table_verdicts(audit: Audit) -> list[tuple[Audit, str, str]]:
-    """Return (table, status, verdict) for every table of ``audit``.
-
-    A finding that names no table (invariance, or one a result hook added) concerns
-    every audited table of the audit. ``print(report)`` and the session report both
-    read their verdicts here, so they always agree.
-    """
-    layers = {t["layer"] for t in audit["tables"]}
-    model_level = [f for f in audit["findings"] if f["layer"] not in layers]
-    out = []
-    for t in audit["tables"]:
-        mine = [f for f in audit["findings"] if f["layer"] == t["layer"]]
-        out.append((t, *_verdict(t, mine + model_level)))
-    return out
-
-
 def render_text(report: AuditReport) -> str:
     """Return a table: one row per table with each check's measured value and a verdict."""
     data = primitives(report.to_dict())
@@ -115,9 +63,9 @@ def render_text(report: AuditReport) -> str:
         (
             t["layer"],
             str(t["kind"]),
-            _pad(t),
-            _num(t.get("pad_norm")) if saved else _grad(t),
-            _update(t),
+            pad_cell(t),
+            num(t.get("pad_norm")) if saved else grad_cell(t),
+            update_cell(t),
             verdict,
         )
         for t, _, verdict in table_verdicts(data)
@@ -137,7 +85,7 @@ def render_text(report: AuditReport) -> str:
             lines.append(f"invariance: skipped ({inv.skipped})")
         else:
             where = f", first differs in {inv.first_module}" if inv.first_module else ""
-            lines.append(f"invariance: rel. diff {_num(inv.value)}{where}")
+            lines.append(f"invariance: rel. diff {num(inv.value)}{where}")
     lines += [f"note: {n}" for n in report.notes]
     lines += [
         f"finding: [{f.check}] {f.layer}: {f.message}" + (" (allowed)" if f.allowed else "")
@@ -180,11 +128,6 @@ def smallest_lines(audit: Audit) -> list[str]:
     return lines
 
 
-def framework_label(framework: str, backend: str | None) -> str:
-    """Return "keras", or "keras on jax" where the backend is not the default one."""
-    return framework if backend in (None, framework, "tensorflow") else f"{framework} on {backend}"
-
-
 def failure_message(report: AuditReport) -> str:
     """Return the full message of a failing audit: every finding, why, fix, cause and seed."""
     leaks = report.leaks
@@ -213,36 +156,6 @@ def failure_message(report: AuditReport) -> str:
 
 
 # -- the session report: audits as JSON primitives ---------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    """One table of one audit: the cells under :data:`HEAD` and its status."""
-
-    cells: tuple[str, ...]
-    #: "leak", "allowed", "clean" or "skipped".
-    status: str
-
-
-def table_rows(audit: Audit) -> list[Row]:
-    """Return one row per embedding table of ``audit`` (verdicts as :func:`table_verdicts`)."""
-    inv = audit.get("invariance")
-    inv_cell = "-" if not inv else "skipped" if inv.get("skipped") else _num(inv.get("value"))
-    rows = []
-    for t, status, verdict in table_verdicts(audit):
-        cells = (
-            str(audit.get("test") or "-"),
-            framework_label(str(audit["framework"]), audit.get("backend")),
-            str(audit["model"]),
-            str(t["layer"]),
-            _pad(t),
-            _grad(t),
-            _update(t),
-            inv_cell,
-            verdict,
-        )
-        rows.append(Row(cells, status))
-    return rows
 
 
 def summarize(audits: Sequence[Audit]) -> dict[str, Any]:

@@ -1,23 +1,32 @@
 """Lines that repeat an audit, written so that they run when pasted.
 
-``audit_call`` renders the ``audit(...)`` call (an optimizer instance as the expression
-that builds it, with its hyper-parameters) and ``rerun_line`` the pytest command. No
-framework is imported: objects are described by what they carry. The plain-framework
-reproduction of a shrunk batch is each adapter's (``BaseHandle.snippet``).
+``audit_call`` renders the ``audit(...)`` call and ``rerun_line`` the pytest command. No
+framework is known here: the adapters write their own objects (an optimizer as the
+expression that builds it) through the ``padaudit_expression`` hook; the plain-framework
+reproduction of a shrunk batch is each adapter's too (``BaseHandle.snippet``).
 """
 
 from __future__ import annotations
 
-import inspect
-import sys
+from collections.abc import Callable
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
+
+from ..core.source import dotted_name
 
 if TYPE_CHECKING:
+    import pluggy
+
     from ..core.options import AuditOptions
 
-#: public homes of optimizer classes, tried in order for a class's short name.
-_PUBLIC = ("torch.optim", "keras.optimizers", "tf_keras.optimizers")
+#: how to reach padaudit's plugin manager, installed by ``core.hooks``: render cannot import
+#: it (the adapters it loads import the options, and the options import this module).
+_MANAGER: list[Callable[[], pluggy.PluginManager]] = []
+
+
+def use_plugin_manager(get: Callable[[], pluggy.PluginManager]) -> None:
+    """Ask the ``padaudit_expression`` hook of the plugin manager ``get()`` returns."""
+    _MANAGER[:] = [get]
 
 
 def audit_call(opts: AuditOptions) -> str:
@@ -46,67 +55,24 @@ def expression(value: Any) -> str:
         return public_name(value)
     if type(value).__name__ == "OptimizerClass":  # a dotted path the options accept as text
         return repr(value.text)
-    if hasattr(value, "param_groups") and hasattr(value, "defaults"):
-        return _torch_optimizer(value)
-    if hasattr(value, "get_config") and "optimizers" in type(value).__module__:
-        return _keras_optimizer(value)
+    known = _adapters(value)  # an optimizer, in its framework's words
+    if known is not None:
+        return known
     if hasattr(value, "item") and not hasattr(value, "__len__"):  # a NumPy scalar
         return repr(value.item())
     if callable(value):
         return getattr(value, "__name__", type(value).__name__)  # the name the test uses
-    return f"{type(value).__module__}.{type(value).__qualname__}"
+    return dotted_name(type(value))
 
 
 def public_name(cls: type) -> str:
     """Return the shortest importable dotted name of ``cls`` (``torch.optim.AdamW``)."""
-    for home in _PUBLIC:
-        module = sys.modules.get(home)
-        if module is not None and getattr(module, cls.__name__, None) is cls:
-            return f"{home}.{cls.__name__}"
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return _adapters(cls) or dotted_name(cls)
 
 
-def _changed(cls: type, values: dict[str, Any], skip: tuple[str, ...]) -> list[str]:
-    """Return ``name=value`` for the constructor arguments that differ from their default."""
-    try:
-        params = inspect.signature(cast(Any, cls).__init__).parameters
-    except (TypeError, ValueError):
-        return []
-    out = []
-    for name, p in params.items():
-        if name in skip or p.default is inspect.Parameter.empty or name not in values:
-            continue
-        value = values[name]
-        if hasattr(value, "item") and not hasattr(value, "__len__"):
-            value = value.item()
-        if isinstance(value, float):
-            value = _short(value)
-        if isinstance(value, (bool, int, float, str, tuple, type(None))) and value != p.default:
-            out.append(f"{name}={value!r}")
-    return out
-
-
-def _torch_optimizer(opt: Any) -> str:
-    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
-    args = ", ".join(["params", *_changed(type(opt), group, ("params",))])
-    return f"lambda params: {public_name(type(opt))}({args})"
-
-
-def _keras_optimizer(opt: Any) -> str:
-    config = dict(opt.get_config())
-    lr = config.get("learning_rate")
-    if isinstance(lr, dict) or not isinstance(lr, (int, float)):  # a schedule: say its class
-        config.pop("learning_rate", None)
-    args = _changed(type(opt), config, ("name",))
-    if "learning_rate" in config and not any(a.startswith("learning_rate=") for a in args):
-        args.insert(0, f"learning_rate={_short(float(config['learning_rate']))!r}")
-    return f"{public_name(type(opt))}({', '.join(args)})"
-
-
-def _short(value: float) -> float:
-    """Return ``value`` without float32 noise (0.0010000000474974513 -> 0.001)."""
-    short = float(f"{value:.7g}")
-    return short if abs(short - value) <= 1e-7 * abs(value) else value
+def _adapters(value: object) -> str | None:
+    """Return what the adapters' ``padaudit_expression`` hook writes for ``value``."""
+    return _MANAGER[0]().hook.padaudit_expression(value=value) if _MANAGER else None
 
 
 def rerun_line(test: str, seed: int | None) -> str:

@@ -4,7 +4,8 @@ Roles, as in every framework subpackage: ``handle`` (the layer/model handle), ``
 (finding tables), ``state`` (snapshots, RNG, training flags), ``optim`` (optimizers and the
 pad-row stepper), ``explain`` (causes and fixes in Keras idiom), ``mask_flow`` (where the
 mask chain breaks), ``calls`` (recorded layer calls), ``feed`` (inputs), ``lookups``,
-``noise`` and ``checkpoint``.
+``noise``, ``checkpoint`` and ``snippet`` (pasteable source: the shrunk reproduction,
+optimizers for ``padaudit_expression``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ class KerasAdapter:
         from .handle import KerasHandle
 
         return KerasHandle(model, options, sys.modules[flavour])
+
+    @hookimpl
+    def padaudit_expression(self, value: object) -> str | None:
+        if not any(name in sys.modules for name in KERAS_MODULES):
+            return None  # nothing Keras imported: value cannot be a Keras optimizer
+        from .snippet import expression
+
+        return expression(value)
 
 
 def keras_flavour(model: object) -> str | None:

@@ -1,11 +1,19 @@
-"""The plain Keras lines (on the model's backend) that show a shrunk leak, run when pasted."""
+"""Keras as pasteable source: the lines that show a shrunk leak, and the optimizers.
+
+``snippet`` is the plain reproduction of a shrunk batch on the model's backend;
+``expression`` answers the ``padaudit_expression`` hook for Keras optimizers and classes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ...core.shrink import wider
+from ...core.source import changed_arguments, dotted_name, exported_name, short_float
+
+#: the public homes of Keras optimizer classes, tried in order for a class's short name.
+HOMES = ("keras.optimizers", "tf_keras.optimizers")
 
 
 def snippet(smallest: Mapping[str, Any], weights: str, backend: str) -> list[str]:
@@ -48,3 +56,20 @@ def _grad_lines(ids: list, pad: int, weights: str, backend: str) -> list[str]:
         f"print(tf.reduce_max(tf.abs(tf.convert_to_tensor(tape.gradient(loss, "
         f"{weights}))[{pad}])))  # > 0: the pad row trains",
     ]
+
+
+def expression(value: object) -> str | None:
+    """Return the source of a Keras optimizer (with its rate) or class, else None."""
+    if isinstance(value, type):
+        return exported_name(value, HOMES)
+    if not (hasattr(value, "get_config") and "optimizers" in type(value).__module__):
+        return None
+    cls = type(value)
+    config = dict(cast(Any, value).get_config())
+    lr = config.get("learning_rate")
+    if isinstance(lr, dict) or not isinstance(lr, (int, float)):  # a schedule: say its class
+        config.pop("learning_rate", None)
+    args = changed_arguments(cls, config, ("name",))
+    if "learning_rate" in config and not any(a.startswith("learning_rate=") for a in args):
+        args.insert(0, f"learning_rate={short_float(float(config['learning_rate']))!r}")
+    return f"{exported_name(cls, HOMES) or dotted_name(cls)}({', '.join(args)})"

@@ -3,8 +3,9 @@
 Roles, as in every framework subpackage: ``handle`` (the ``nn.Module`` handle), ``tables``
 (finding and untying tables), ``state`` (tensor helpers for snapshots and gradients),
 ``optim`` (optimizers and the pad-row stepper), ``explain`` (causes and fixes in torch
-idiom), ``noise``, ``params``, ``checkpoint``; ``hf``, ``libs`` and ``dist`` hold the
-Hugging Face, sentence-transformers/PEFT and DDP/FSDP2 handles.
+idiom), ``noise``, ``params``, ``checkpoint``, ``snippet`` (pasteable source: the shrunk
+reproduction, optimizers for ``padaudit_expression``); ``hf``, ``libs`` and ``dist`` hold
+the Hugging Face, sentence-transformers/PEFT and DDP/FSDP2 handles.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class TorchAdapter:
         from .handle import adapt
 
         return adapt(model, options)
+
+    @hookimpl
+    def padaudit_expression(self, value: object) -> str | None:
+        if "torch" not in sys.modules:  # no torch imported: value cannot be an optimizer
+            return None
+        from .snippet import expression
+
+        return expression(value)
 
 
 class HFAdapter:
