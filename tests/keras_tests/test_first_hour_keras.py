@@ -55,3 +55,17 @@ def test_the_shrunk_batch_reproduces_in_plain_keras():
     grad = tape.gradient(loss, model.get_layer("tok").embeddings)
     rows = tf.math.unsorted_segment_sum(grad.values, grad.indices, grad.dense_shape[0])
     assert float(tf.reduce_max(tf.abs(rows[0]))) > 0
+
+
+def test_the_reproduce_call_keeps_a_tf_keras_optimizers_rate():
+    """tf_keras keeps the rate as a NumPy float32 in get_config(): it was dropped once."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from support.tf_keras_zoo import seed_model as tf_keras_seed_model
+
+    model = tf_keras_seed_model(masked=False)
+    optimizer = tf_keras.optimizers.Adam(learning_rate=0.05)
+    report = audit(model, optimizer=optimizer, checks=("grad", "update"))
+    line = report.reproduce
+    assert "optimizer=tf_keras.optimizers.Adam(learning_rate=0.05" in line, line
+    again = eval(line, {"audit": audit, "model": model, "tf_keras": tf_keras})
+    assert _findings(again) == _findings(report) and not again.passed

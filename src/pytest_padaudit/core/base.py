@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import numpy as np
 
 from .errors import PadAuditError
-from .noise import PadNoise, noise_scale, pad_noise  # the adapters' noise.py import them here
 
 if TYPE_CHECKING:
     from .batch import LossPlan, PadBatch
     from .handle import InvarianceRun, OptimizerInfo, Table, Trace
     from .options import AuditOptions
 
-__all__ = ["BaseHandle", "Capabilities", "PadNoise", "capabilities", "noise_scale", "pad_noise"]
+__all__ = ["BaseHandle", "Capabilities", "capabilities"]
 T = TypeVar("T")
 
 
@@ -38,6 +37,8 @@ class Capabilities:
 
     #: ``lookups(batch)``: which ids each table is looked up with (else: every pad table).
     lookups: bool = False
+    #: ``recorded_lookups()``: the same ids, recorded by the last ``train_pass``.
+    train_lookups: bool = False
     #: ``head_grads()``: the tied heads' part of the pad-row gradient.
     head_grads: bool = False
     #: ``reset()``: back to the state at ``preserve()`` entry, between checks.
@@ -63,6 +64,7 @@ def capabilities(handle: Any) -> Capabilities:
     if isinstance(handle, BaseHandle):
         return Capabilities(
             lookups=True,
+            train_lookups=handle.records_lookups,
             head_grads=handle.has_head_grads,
             reset=handle.can_reset,
             perturb=handle.takes_perturb,
@@ -75,6 +77,7 @@ def capabilities(handle: Any) -> Capabilities:
         )
     return Capabilities(
         lookups=callable(getattr(handle, "lookups", None)),
+        train_lookups=callable(getattr(handle, "recorded_lookups", None)),
         head_grads=callable(getattr(handle, "head_grads", None)),
         reset=callable(getattr(handle, "reset", None)),
         perturb=_takes_perturb(getattr(handle, "invariance_pass", None)),
@@ -102,6 +105,7 @@ _DECLARED = {
     "has_head_grads": "head_grads",
     "has_input_table": "input_table",
     "reads_batches": "batch_arrays",
+    "records_lookups": "recorded_lookups",
 }
 
 
@@ -122,6 +126,9 @@ class BaseHandle(ABC):
     has_head_grads: ClassVar[bool] = False
     #: the class defines ``input_table()``.
     has_input_table: ClassVar[bool] = False
+    #: the class defines ``recorded_lookups()``: ``train_pass`` records what ``lookups``
+    #: would, so the engine can skip that pass.
+    records_lookups: ClassVar[bool] = False
     #: ``invariance_pass`` honours ``perturb=`` (the adapter installs :class:`~.noise.PadNoise`).
     takes_perturb: ClassVar[bool] = True
     #: ``trace`` honours ``perturb=``.

@@ -140,7 +140,7 @@ def _guess(
 ) -> list[Table]:
     """Return the tables the lookups will most likely keep, when the train pass can record
     them (else none): the model's input table where it names one, else every pad table."""
-    if not getattr(handle, "records_lookups", False) or not {"grad", "update"} & set(opts.checks):
+    if not capabilities(handle).train_lookups or not {"grad", "update"} & set(opts.checks):
         return []
     named = capabilities(handle).input_table and handle.input_table() == primary.path  # type: ignore[attr-defined]
     guess = [primary] if named else found

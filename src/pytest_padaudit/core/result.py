@@ -156,5 +156,5 @@ def use_renderer(renderer: Any) -> None:
 
 def _renderer() -> Any:
     if not _RENDERER:
-        raise RuntimeError("no report renderer installed: import pytest_padaudit.report")
+        raise RuntimeError("no report renderer installed: import pytest_padaudit.render.report")
     return _RENDERER[0]

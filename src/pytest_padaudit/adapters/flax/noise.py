@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from ...core.base import PadNoise, pad_noise
 from ...core.handle import Table
+from ...core.noise import PadNoise, pad_noise
 
 if TYPE_CHECKING:
     from .tables import Recorder

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ...core.base import PadNoise
 from ...core.errors import PadAuditError
 from ...core.handle import ROOT, Table
+from ...core.noise import PadNoise
 from .noise import noisy
 
 

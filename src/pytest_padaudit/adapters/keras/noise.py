@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ...core.base import PadNoise, pad_noise
 from ...core.handle import Table
+from ...core.noise import PadNoise, pad_noise
 from .backends.base import Backend
 from .calls import recorded_calls
 

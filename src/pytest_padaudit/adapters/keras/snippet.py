@@ -66,7 +66,9 @@ def expression(value: object) -> str | None:
         return None
     cls = type(value)
     config = dict(cast(Any, value).get_config())
-    lr = config.get("learning_rate")
+    lr: Any = config.get("learning_rate")
+    if hasattr(lr, "item") and not hasattr(lr, "__len__"):  # tf_keras keeps a NumPy float32
+        lr = config["learning_rate"] = lr.item()
     if isinstance(lr, dict) or not isinstance(lr, (int, float)):  # a schedule: say its class
         config.pop("learning_rate", None)
     args = changed_arguments(cls, config, ("name",))

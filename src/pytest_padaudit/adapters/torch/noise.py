@@ -15,8 +15,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ...core.base import PadNoise, noise_scale, pad_noise
 from ...core.handle import Table
+from ...core.noise import PadNoise, noise_scale, pad_noise
 
 
 def noise_at_pads(
