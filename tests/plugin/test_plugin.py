@@ -230,7 +230,7 @@ def pytest_sessionfinish(session):
 def test_importing_the_plugin_imports_no_framework():
     code = (
         "import sys, pytest_padaudit, pytest_padaudit.plugin, pytest_padaudit.plugin.reporting, "
-        "pytest_padaudit.render.report, pytest_padaudit.plugin.zerocode\n"
+        "pytest_padaudit.render.report, pytest_padaudit.plugin.zeroitems\n"
         "heavy = ('numpy', 'torch', 'tensorflow', 'keras', 'transformers', 'h5py', 'safetensors')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "assert callable(pytest_padaudit.audit_checkpoint)  # lazily, after the check"
@@ -249,3 +249,29 @@ def test_a_session_without_audits_imports_no_framework(pytester):
         """
     )
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_start_up_imports_one_plugin_module(pytester):
+    """A session that audits nothing loads the start-up module alone (issue 21).
+
+    The settings, the marker's audits, the reports and the zero-code items load on first use.
+    """
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_plain():
+            plugin = sorted(m for m in sys.modules if m.startswith("pytest_padaudit.plugin"))
+            assert plugin == ["pytest_padaudit.plugin"]
+            assert "pytest_padaudit.core.options" not in sys.modules
+            assert "pytest_padaudit.render.report" not in sys.modules
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_bad_setting_on_the_command_line_fails_start_up(pytester):
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--padaudit-loss=bogus")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--padaudit-loss=bogus: *"])

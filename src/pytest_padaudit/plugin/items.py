@@ -1,68 +1,30 @@
-"""The marker, the fixture and the run-time hooks that audit a test's models."""
+"""The audits of marked tests and of the ``padaudit`` fixture, imported on first use.
+
+The plugin's hooks (``__init__.py``) call in here only for a test that is audited.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..core.errors import PadAuditError, PadLeakError
-from . import zerocode
-from .reporting import REPORTS
-from .settings import DEFAULTS, SEED, session_settings
+from . import CALLED, DEFAULTS, MARKER, MODELS, REPORTS, SEED
 
 if TYPE_CHECKING:
     from ..core.handle import ModelHandle
     from ..core.options import AuditOptions
     from ..core.result import AuditReport
 
-MARKER = "padaudit"
-
-
 #: the options of an item (defaults and marker merged, validated), resolved once at setup.
-ITEM_OPTIONS = pytest.StashKey["AuditOptions"]()
+ITEM_OPTIONS: pytest.StashKey[AuditOptions] = pytest.StashKey()
 #: the marker's ``model=`` (fixture names), read with the item's options.
-ITEM_MODELS = pytest.StashKey["str | list[str] | tuple[str, ...] | None"]()
+ITEM_MODELS: pytest.StashKey[str | list[str] | tuple[str, ...] | None] = pytest.StashKey()
 #: the marker's ``batch=`` when it names a fixture (the batch is read from it at call time).
-ITEM_BATCH = pytest.StashKey["str | None"]()
-#: the item uses the ``padaudit`` fixture but carries no marker of its own.
-IMPLICIT = pytest.StashKey[bool]()
-CALLED = pytest.StashKey[bool]()
-#: the marked test's models, each with the handle built for it with the item's options.
-MODELS = pytest.StashKey["list[tuple[str, object, ModelHandle]]"]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "padaudit(**options, model=None): audit the test's model arguments for padding "
-        "leaks after the test passes (options as for pytest_padaudit.audit)",
-    )
-    defaults, seed = session_settings(config)
-    config.stash[DEFAULTS] = defaults
-    config.stash[SEED] = seed
-    models, checkpoints = zerocode.configure(config, audit=audit_for, keep=keep_report)
-    if models or checkpoints:  # the item generator, imported only when asked for
-        from .zeroitems import ZeroCode
-
-        config.pluginmanager.register(ZeroCode(models, checkpoints), "padaudit-zerocode")
-
-
-def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    """Declare ``padaudit_report_json`` as a pytest hook; bridge padaudit's own hooks.
-
-    Also register ``--padaudit-report`` (reporting.py) here: a ``pytest_plugins`` list
-    would make pytest scan every installed distribution's entry points once more.
-    """
-    from ..core.hooks import Bridge
-    from . import newhooks, reporting  # reporting: --padaudit-report
-
-    pluginmanager.add_hookspecs(newhooks)
-    pluginmanager.register(Bridge(), "padaudit-bridge")
-    if not pluginmanager.is_registered(reporting):
-        pluginmanager.register(reporting, "pytest_padaudit.reporting")
+ITEM_BATCH: pytest.StashKey[str | None] = pytest.StashKey()
 
 
 def _marker_options(item: pytest.Item) -> dict[str, Any]:
@@ -184,39 +146,29 @@ class Auditor:
         return list(reports)
 
 
-@pytest.fixture
-def padaudit(request: pytest.FixtureRequest) -> Auditor:
-    """Audit a model inline: ``padaudit(model, pad_idx=0)``; fails the test on a leak."""
-    return Auditor(request.node)
+def check_marker(item: pytest.Item) -> None:
+    """Resolve a marked test's options before its fixtures run: a bad marker fails it."""
+    _usage(item_options, item)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that use the ``padaudit`` fixture, so ``-m padaudit`` selects them."""
-    for item in items:
-        uses = "padaudit" in getattr(item, "fixturenames", ())
-        if uses and item.get_closest_marker(MARKER) is None:
-            item.add_marker(MARKER)
-            item.stash[IMPLICIT] = True
+def find_models(item: pytest.Item) -> list[tuple[str, object, ModelHandle]]:
+    """Return the marked test's models with their handles; a test without one fails."""
+    models: list[tuple[str, object, ModelHandle]] = _usage(_marked_models, item)
+    return models
 
 
-def _explicitly_marked(item: pytest.Item) -> bool:
-    """Say whether a test function carries the marker itself (zero-code items audit alone)."""
-    return (
-        isinstance(item, pytest.Function)
-        and not item.stash.get(IMPLICIT, False)
-        and item.get_closest_marker(MARKER) is not None
-    )
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
-    if _explicitly_marked(item):  # before any fixture runs: a bad marker is said up front
-        _usage(item_options, item)
-    result = yield
-    if _explicitly_marked(item) and "padaudit" not in getattr(item, "fixturenames", ()):
-        item.stash[MODELS] = _usage(_marked_models, item)
-    return result
+def audit_marked(item: pytest.Item) -> None:
+    """Audit a marked test's models after its body passed; fail it on a leak."""
+    models = item.stash.get(MODELS, [])
+    if not models:  # requested the fixture, never called it
+        models = _usage(_marked_models, item)
+    failures = [
+        report.failure_message()
+        for _, model, handle in models
+        if not (report := audit_for(item, model, {}, handle)).passed
+    ]
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
 
 
 def _usage(function: Callable[[pytest.Item], Any], item: pytest.Item) -> Any:
@@ -230,24 +182,6 @@ def _usage(function: Callable[[pytest.Item], Any], item: pytest.Item) -> Any:
     except PadAuditError as exc:
         message = str(exc)
     pytest.fail(message, pytrace=False)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    result = yield  # a failing test body raises here, and is not audited
-    models = item.stash.get(MODELS, [])
-    if item.stash.get(CALLED, False):
-        return result
-    if not models and _explicitly_marked(item):  # requested the fixture, never called it
-        models = _usage(_marked_models, item)
-    failures = [
-        report.failure_message()
-        for _, model, handle in models
-        if not (report := audit_for(item, model, {}, handle)).passed
-    ]
-    if failures:
-        pytest.fail("\n\n".join(failures), pytrace=False)
-    return result
 
 
 def _marked_models(item: pytest.Item) -> list[tuple[str, object, ModelHandle]]:

@@ -3,41 +3,32 @@
 Every test report that follows an audit carries it as JSON primitives (the attribute
 :data:`ATTR`), so pytest-xdist brings the workers' audits to the controller; the
 controller's :class:`ReportSession` collects them and writes the one merged report.
-Workers write nothing. Rendering lives in :mod:`pytest_padaudit.report`.
+Workers write nothing. Rendering lives in :mod:`pytest_padaudit.render`. Imported on first
+use: when a report is asked for, or a test report follows an audit or a padaudit error.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
 from .. import __version__
 from ..core.errors import PadAuditError, PadLeakError
+from . import REPORTS
 
-if TYPE_CHECKING:
-    from ..core.result import AuditReport
-
-#: the audits an item ran (the plugin appends; the report hooks read).
-REPORTS = pytest.StashKey[list["AuditReport"]]()
 #: the TestReport attribute that holds the audits run since the previous report.
 ATTR = "padaudit_audits"
 SECTION = "padaudit reproduction"
-KINDS = ("term", "json", "json-pretty", "md")
 DEFAULT_PATHS = {
     "json": "padaudit-report.json",
     "json-pretty": "padaudit-report.json",
     "md": "padaudit-report.md",
 }
-_HINT = (
-    "pass term, json, json:PATH, json-pretty[:PATH] (indented), md or md:PATH (repeat the "
-    "option for several reports; none drops the reports given before it)"
-)
-_SENT = pytest.StashKey[int]()
+_SENT: pytest.StashKey[int] = pytest.StashKey()
 #: the installed package: its frames are left out of a usage error's traceback.
 PACKAGE = Path(__file__).resolve().parents[1]
 _MARKUP = {
@@ -47,100 +38,25 @@ _MARKUP = {
 }
 
 
-class Target(NamedTuple):  # a NamedTuple: a dataclass costs 1 ms of start-up
+class Target(NamedTuple):
     """One requested report: its kind and, for files, the path (None: the default)."""
 
     kind: str
     path: str | None = None
 
 
-def parse_targets(values: Sequence[str], source: str) -> list[Target]:
-    """Turn ``--padaudit-report`` values into targets; raise UsageError on a bad one."""
-    targets: list[Target] = []
-    for value in values:
-        if value == "none":
-            targets.clear()
-            continue
-        kind, colon, path = value.partition(":")
-        if kind not in KINDS or (colon and not path) or (kind == "term" and colon):
-            raise pytest.UsageError(f"{source}={value!r} is not a padaudit report: {_HINT}")
-        targets.append(Target(kind, path or None))
-    return list(dict.fromkeys(targets))
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("padaudit")
-    group.addoption(
-        "--padaudit-report",
-        action="append",
-        nargs="?",
-        const="term",
-        default=None,
-        metavar="TYPE",
-        dest="padaudit_report",
-        help="after the run, report every audit: term (the default), json[:PATH] (compact), "
-        "json-pretty[:PATH] (indented), md[:PATH] "
-        "(paths default to padaudit-report.json/.md; md alone appends to "
-        "$GITHUB_STEP_SUMMARY when set); repeatable; none: no report (ini: padaudit_report)",
-    )
-    parser.addini(
-        "padaudit_report",
-        "reports written after every run, as for --padaudit-report (e.g. term json:a.json)",
-        type="args",
-        default=[],
-    )
-
-
-def _report_word(value: str) -> bool:
-    """Say whether ``value`` is a report (term, json, json:PATH, md, md:PATH, none)."""
-    return value == "none" or value.partition(":")[0] in KINDS
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(
-    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
-) -> None:
-    """Read ``--padaudit-report tests/`` as the terminal report and the path ``tests/``.
-
-    The option's value is optional, so argparse would take the next argument as it.
-    """
-    changed = False
-    for i, arg in enumerate(args[:-1]):
-        if arg == "--padaudit-report" and not _report_word(args[i + 1]):
-            args[i] = "--padaudit-report=term"
-            changed = True
-    if changed:  # conftests are found from the paths: read them again
-        cut = early_config.known_args_namespace.confcutdir
-        early_config.known_args_namespace = parser.parse_known_args(
-            args, namespace=copy.copy(early_config.option)
-        )
-        early_config.known_args_namespace.confcutdir = cut
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):  # an xdist worker: its audits travel in reports
-        return
-    values = config.getoption("padaudit_report")
-    source = "--padaudit-report"
-    if values is None:
-        values, source = config.getini("padaudit_report"), "ini padaudit_report"
-    targets = parse_targets(values, source)
-    if targets:
-        config.pluginmanager.register(ReportSession(config, targets), "padaudit-report")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
+def makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the audits run since the last report: JUnit properties, data, reproduction.
 
     A usage error from ``audit()`` or the fixture is shown at the user's line, as the
     marker's is: the frames inside padaudit are left out (``--fulltrace`` keeps them).
+    The plugin's ``pytest_runtest_makereport`` delegates here.
     """
     _user_frames_only(item, call)
     audits = item.stash.get(REPORTS, [])[item.stash.get(_SENT, 0) :]
-    if not audits:  # the common case: nothing to attach, and nothing imported
+    if not audits:  # a padaudit error, or every audit already sent
         return _headline_only(call, (yield))
     from ..render import report as render  # rendering loads only when an audit ran
 
@@ -195,9 +111,9 @@ def _inside_padaudit(path: Any) -> bool:
 class ReportSession:
     """Collect the audits of a session (merged from xdist workers) and write the reports."""
 
-    def __init__(self, config: pytest.Config, targets: list[Target]) -> None:
+    def __init__(self, config: pytest.Config, targets: Sequence[tuple[str, str | None]]) -> None:
         self.config = config
-        self.targets = targets
+        self.targets = [Target(*t) for t in targets]
         self.audits: list[dict[str, Any]] = []
         #: (line, ok) for the terminal: where each file went, or why it did not.
         self.written: list[tuple[str, bool]] = []

@@ -1,4 +1,8 @@
-"""Session settings: ``--padaudit-*`` options and their ``padaudit_*`` ini twins, read once."""
+"""Session settings: read and check the ``--padaudit-*`` options and ``padaudit_*`` ini twins.
+
+The plugin declares them (``OPTIONS`` in ``__init__.py``); it imports this module only
+when one of them is given.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pytest
 
 from ..core.errors import PadAuditError
-from . import zerocode
+from . import OPTIONS
 
 if TYPE_CHECKING:
     from ..core.options import AuditOptions
 
 
-class Setting(NamedTuple):  # a NamedTuple: a dataclass costs 1 ms of start-up
+class Setting(NamedTuple):
     """One audit option settable for a whole session: ``--padaudit-NAME`` and ini ``padaudit_NAME``.
 
     ``text`` is the one help text both forms show; ``kind`` says how to read the text
@@ -36,65 +40,12 @@ class Setting(NamedTuple):  # a NamedTuple: a dataclass costs 1 ms of start-up
         return "padaudit_" + self.name
 
 
-SETTINGS = (
-    Setting(
-        "seed", "int", "N", "seed of the synthetic batch, loss weights and RNG (default 0)", "0"
-    ),
-    Setting("checks", "list", "NAMES", "checks to run: grad,update,invariance (default all)"),
-    Setting("allow", "list", "CAUSES", "finding causes reported as allowed, e.g. tied"),
-    Setting("steps", "int", "N", "optimizer steps of the update check (default 1)", "3"),
-    Setting("seq_len", "int", "N", "columns of the synthetic batch (default 16)", "16"),
-    Setting("batch_size", "int", "N", "sequences in the synthetic batch (default 4)", "4"),
-    Setting(
-        "rtol", "float", "X", "relative tolerance of the invariance check (default 1e-4)", "1e-4"
-    ),
-    Setting("atol", "float", "X", "tolerance of the grad and update checks (default 0.0)", "0.0"),
-    Setting("loss", "str", "all|masked", "loss over the outputs: all or masked (default all)"),
-    Setting("padding_side", "str", "right|left", "where the batch pads (default right)"),
-    Setting(
-        "optimizer",
-        "str",
-        "PATH",
-        "optimizer class by dotted path, e.g. 'torch.optim.AdamW(weight_decay=0.1)'",
-    ),
-)
+#: the settings as records, from the plugin's table of them.
+SETTINGS = tuple(Setting(*row) for row in OPTIONS)
 PRECEDENCE = (
     "precedence: a padaudit(...) call > @pytest.mark.padaudit > command line > ini; "
     "--padaudit-seed overrides every audit's seed"
 )
-#: the session's options (ini < command line), the record each item's marker lays over;
-#: None when none is set (options.py is then imported only by the first audited item).
-DEFAULTS = pytest.StashKey["AuditOptions | None"]()
-SEED = pytest.StashKey["int | None"]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("padaudit", "pad-row gradient audits (pytest-padaudit)")
-    for s in SETTINGS:
-        text = f"{s.text}; ini {s.ini}"
-        if s.name == "seed":
-            text += ", overridden by this option in every audit"
-        kind = {"int": int, "float": float}.get(s.kind, str)  # argparse says a bad number
-        group.addoption(s.flag, dest=s.ini, type=kind, default=None, metavar=s.metavar, help=text)
-        _addini(parser, s)
-    zerocode.addoption(group)
-
-
-def _addini(parser: pytest.Parser, s: Setting) -> None:
-    """Register the ini twin; numbers also as TOML numbers where pytest takes unions (9.2+)."""
-    text = f"{s.text}; {s.flag}"
-    if s.kind == "list":
-        parser.addini(s.ini, text, type="args")  # a TOML list, or text split as in a shell
-        return
-    kind = {"int": int, "float": float}.get(s.kind)
-    if kind is not None:
-        try:
-            # a union built at run time: a type form pytest 9.2 takes, which mypy cannot see
-            parser.addini(s.ini, text, type=kind | str, default="")  # type: ignore[arg-type]
-            return
-        except (AssertionError, TypeError, ValueError):  # an older pytest: text only
-            pass
-    parser.addini(s.ini, text, default="")
 
 
 def session_settings(config: pytest.Config) -> tuple[AuditOptions | None, int | None]:

@@ -1,4 +1,14 @@
-"""The items ``--padaudit-model`` and ``--padaudit-checkpoint`` generate (see zerocode.py)."""
+"""Zero-code audits: ``--padaudit-model`` and ``--padaudit-checkpoint`` become test items.
+
+``--padaudit-model=pkg.mod:factory?pad_idx=0&seq_len=32`` imports ``pkg.mod``, takes
+``factory`` (a model, or a callable that returns one when called with no arguments) and
+audits it with the options after ``?`` (``name=value`` pairs joined by ``&``; each value is
+read as a Python literal, else kept as a string; ``a,b`` is a tuple of strings).
+``--padaudit-checkpoint=PATH?pad_idx=0&baseline=old.pt`` runs ``audit_checkpoint``.
+
+The plugin declares the options and imports this module only when one is given (or a
+generated item's node id is). It imports no framework.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +21,37 @@ from typing import Any, cast
 import pytest
 
 from ..core.errors import PadAuditError, PadLeakError
-from .zerocode import AUDIT, CHECKPOINT_OPTION, CHECKPOINT_PREFIX, KEEP, MODEL_OPTION, MODEL_PREFIX
+from . import CHECKPOINT_OPTION, CHECKPOINT_PREFIX, MODEL_OPTION, MODEL_PREFIX
+
+
+def configure(config: pytest.Config) -> None:
+    """Register the item generator for the zero-code specs given, if any.
+
+    ``pytest 'padaudit[pkg.mod:factory]'`` (the node id of a generated item, as the
+    rerun line prints it) is read as ``--padaudit-model=pkg.mod:factory`` and leaves
+    nothing else to collect; pytest itself would reject it as a path.
+    """
+    models = list(config.getoption("padaudit_model", default=None) or [])
+    checkpoints = list(config.getoption("padaudit_checkpoint", default=None) or [])
+    ids = [a for a in config.args if _item_spec(a) is not None]
+    for arg in ids:
+        kind, spec = _item_spec(arg)  # type: ignore[misc]
+        (models if kind == "model" else checkpoints).append(spec)
+    if ids:
+        config.args[:] = [a for a in config.args if a not in ids]
+        models, checkpoints = list(dict.fromkeys(models)), list(dict.fromkeys(checkpoints))
+        config.option.padaudit_model = models  # pytest-xdist workers read the options
+        config.option.padaudit_checkpoint = checkpoints
+    if models or checkpoints:
+        config.pluginmanager.register(ZeroCode(models, checkpoints), "padaudit-zerocode")
+
+
+def _item_spec(arg: str) -> tuple[str, str] | None:
+    """Return ("model" | "checkpoint", spec) when ``arg`` is a generated item's node id."""
+    for kind, prefix in (("checkpoint", CHECKPOINT_PREFIX), ("model", MODEL_PREFIX)):
+        if arg.startswith(prefix) and arg.endswith("]") and len(arg) > len(prefix) + 1:
+            return kind, arg[len(prefix) : -1]
+    return None
 
 
 def parse_spec(text: str, flag: str) -> tuple[str, dict[str, Any]]:
@@ -216,7 +256,9 @@ class ModelItem(_ZeroCodeItem):
         batch = options.get("batch")
         if callable(batch) and not hasattr(batch, "shape"):
             options["batch"] = batch()  # a function that returns the batch
-        report = self.config.stash[AUDIT](self, model, options)
+        from .items import audit_for
+
+        report = audit_for(self, model, options)
         if not report.passed:  # the failure message holds the report: print it once
             raise PadLeakError(report.failure_message())
         self.add_report_section("call", "padaudit", str(report))  # shown by -rP
@@ -235,7 +277,9 @@ class CheckpointItem(_ZeroCodeItem):
 
         report = audit_checkpoint(self.file, **self.options)
         report.test = self.nodeid  # reported like a model audit (--padaudit-report, JUnit)
-        self.config.stash[KEEP](self, report)
+        from .items import keep_report
+
+        keep_report(self, report)
         if not report.passed:  # the failure message holds the report: print it once
             raise PadLeakError(report.failure_message())
         self.add_report_section("call", "padaudit", str(report))  # shown by -rP
