@@ -25,6 +25,7 @@ def test_built_in_handles_declare_what_they_can_do() -> None:
 
     assert capabilities(handle) == Capabilities(
         lookups=True,
+        train_lookups=True,
         head_grads=True,
         reset=True,
         perturb=True,
