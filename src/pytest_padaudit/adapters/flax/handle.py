@@ -1,8 +1,9 @@
 """The Flax NNX model handle: passes as pure JAX functions over a split model.
 
 Every pass merges a private copy of the model (``nnx.merge`` of the graph and pure
-states) inside ``jax.value_and_grad``; the user's model object is never called, trained
-or stepped. Parameters live in the handle as ``{state path: array}`` between passes, so
+states) inside ``jax.value_and_grad``, jitted and cached per model structure where the
+audit runs the model and loss itself (jitted.py); the user's model object is never called,
+trained or stepped. Parameters live in the handle as ``{state path: array}`` between passes, so
 the update check steps them with optax without writing the model, and ``preserve``
 restores the model with ``nnx.update`` all the same, also on failure.
 
@@ -31,7 +32,7 @@ from ...core.errors import PadAuditError
 from ...core.handle import ROOT, OptimizerInfo, Table, Trace, output_leaves
 from ...core.options import AuditOptions
 from . import explain as words
-from . import optim
+from . import jitted, optim
 from .noise import noise_at_pads
 from .state import Snapshot, copy_of, flat, restore, take, unflat
 from .tables import Recorder, Site, find_tables, instrument, path_str, recording
@@ -60,6 +61,7 @@ class FlaxHandle(BaseHandle):
     framework = "flax"
     can_reset = True
     has_head_grads = True
+    records_lookups = True
     array_word = "jax.Array"
     WORDS = words.WORDS
     forward_advice = (
@@ -82,6 +84,9 @@ class FlaxHandle(BaseHandle):
         self.attended: set[str] = set()
         #: whether the last pass's outputs had one entry per token position.
         self.per_token = False
+        #: the ids each table was looked up with in the train pass on ``_seen_of``.
+        self._seen: dict[str, np.ndarray] | None = None
+        self._seen_of: PadBatch | None = None
 
     # -- discovery -------------------------------------------------------------------
     def tables(self, pad_idx: int | Mapping[str, int] | None) -> list[Table]:
@@ -191,10 +196,10 @@ class FlaxHandle(BaseHandle):
     def _grad(self, fn: Callable, argnums: int | tuple[int, ...], *args: Any) -> Any:
         """Return ``jax.value_and_grad(fn, argnums, has_aux=True)(*args)``, run eagerly.
 
-        Eager, not ``jax.jit``: eager JAX compiles each op once per shape and reuses it in
-        every later audit of the process, while a jitted pass (a new closure per audit)
-        compiles the whole graph again each time: measured 2.2 s against 32 s per repeated
-        audit of the attention zoo model on the shared 2-core machine.
+        The eager way, for passes jitted.py cannot cache (``forward=`` / ``loss=``
+        callables, perturbed passes, models that do not trace): a jitted closure made per
+        pass would compile the whole graph again each time, while eager JAX compiles each
+        op once per shape and process.
         """
         return jax.value_and_grad(fn, argnums=argnums, has_aux=True)(*args)
 
@@ -207,26 +212,50 @@ class FlaxHandle(BaseHandle):
         """One train-mode step's gradients; return each pad row's part through its lookups.
 
         The rest (``attend``, direct reads) is kept for :meth:`head_grads`; the full
-        gradient (both parts) is what :meth:`step` applies, as training would.
+        gradient (both parts) is what :meth:`step` applies, as training would. The first
+        pass on ``batch`` records the ids every table is looked up with
+        (:meth:`recorded_lookups`).
         """
         snap, params, rest = self._state()
         fb = self._batch(batch, training=True)
         sites = self._sites_for(tables)
         flat_params = flat(params)
         probes = {t.path: flat_params[sites[t.path].state_path] for t in tables}
-        rec = Recorder()
+        fresh = self._seen_of is not batch
+        done = jitted.train(self, snap, params, rest, probes, fb, plan, fresh)
+        if done is not None:
+            return self._train_result(batch, tables, rest, done, fresh)
+        rec = Recorder(record_ids=fresh)
 
         def fn(params: Any, rest: Any, probes: dict) -> tuple[jax.Array, Any]:
             copy = copy_of(snap, params, rest, training=True)
-            instrument(copy, sites)
+            instrument(copy, self._sites)
             rec.probes = probes
             with recording(rec):
                 output = self._forward(copy, fb)
             after = nnx.state(copy, nnx.Param, ...)
             return self._loss(output, fb, plan), tuple(map(nnx.as_pure, after))
 
-        (_, (p_after, r_after)), (g_params, g_lookup) = self._grad(fn, (0, 2), params, rest, probes)
+        (_, (p_after, r_after)), grads = self._grad(fn, (0, 2), params, rest, probes)
         self.attended |= rec.attended
+        if fresh:
+            jax.effects_barrier()
+        seen = None if rec.traced or not fresh else _distinct(rec, self._sites)
+        return self._train_result(batch, tables, rest, (p_after, r_after, grads, seen), fresh)
+
+    def _train_result(
+        self,
+        batch: PadBatch,
+        tables: Sequence[Table],
+        rest: Any,
+        done: tuple[Any, Any, Any, dict[str, np.ndarray] | None],
+        fresh: bool,
+    ) -> dict[str, np.ndarray | None]:
+        """Keep a train pass's state, gradients and recorded ids; return the lookup parts."""
+        p_after, r_after, (g_params, g_lookup), seen = done
+        sites = self._sites_for(tables)
+        if fresh:
+            self._seen, self._seen_of = seen, batch
         self._params = {**self._params, **_known(flat(p_after), self._params)}
         self._rest = unflat(_known(flat(r_after), flat(rest)))
         grads = flat(g_params)
@@ -292,8 +321,14 @@ class FlaxHandle(BaseHandle):
                 output = self._forward(copy, fb)
             return self._loss(output, fb, plan), _float_leaves(output)
 
-        with noise_at_pads(rec, tables, perturb):
-            (_, outputs), grads = self._grad(fn, 0, params, rest)
+        done = None
+        if perturb is None:  # seeded noise is drawn in NumPy during the call: eager
+            done = jitted.invariance(self, snap, params, rest, fb, plan)
+        if done is not None:
+            outputs, grads = done
+        else:
+            with noise_at_pads(rec, tables, perturb):
+                (_, outputs), grads = self._grad(fn, 0, params, rest)
         named = [(".".join(map(str, path)), path, grad) for path, grad in flat(grads).items()]
         return named, outputs
 
@@ -316,12 +351,12 @@ class FlaxHandle(BaseHandle):
             self._forward(copy, self._batch(batch, training=False))
         jax.effects_barrier()
         self.attended |= rec.attended
-        return {
-            path: np.unique(np.concatenate(rec.ids[path]))
-            if rec.ids.get(path)
-            else np.array([], np.int64)
-            for path in self._sites
-        }
+        return _distinct(rec, self._sites)
+
+    def recorded_lookups(self) -> dict[str, np.ndarray] | None:
+        """Return the ids each table was looked up with in the first train pass on the
+        last batch (None: some lookups ran inside a transform, so :meth:`lookups` runs)."""
+        return self._seen
 
     def trace(self, batch: PadBatch) -> Trace:
         """Record each submodule's float inputs and outputs (FULL arrays) in one eval pass.
@@ -342,6 +377,16 @@ class FlaxHandle(BaseHandle):
 def _float_leaves(output: Any) -> list[jax.Array]:
     leaves = output_leaves(output, lambda x: isinstance(x, jax.Array))
     return [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+
+
+def _distinct(rec: Recorder, sites: Mapping[str, Site]) -> dict[str, np.ndarray]:
+    """Return the distinct ids ``rec`` saw per table (an empty array for a table unused)."""
+    return {
+        path: np.unique(np.concatenate(rec.ids[path]))
+        if rec.ids.get(path)
+        else np.array([], np.int64)
+        for path in sites
+    }
 
 
 def _known(values: dict, like: dict) -> dict:

@@ -123,6 +123,12 @@ class Recorder:
     tracing: bool = False
     ids: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
     attended: set[str] = field(default_factory=set)
+    #: some ids were read inside a transform (a callback reports them, maybe not all).
+    traced: bool = False
+    #: inside a jitted pass: table path -> the ids looked up, returned as outputs of the
+    #: pass (``top``: a tracer of that pass; ids traced deeper are not collected).
+    collect: dict[str, list[Any]] | None = None
+    top: Any = None
     trace: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
 
 
@@ -208,7 +214,16 @@ def _attend(cls: type[nnx.Embed], path: str) -> Any:
 
 
 def _keep_ids(rec: Recorder, path: str, inputs: Any) -> None:
+    if rec.collect is not None:
+        if not isinstance(inputs, jax.core.Tracer):
+            rec.collect.setdefault(path, []).append(jnp.asarray(np.asarray(inputs).ravel()))
+        elif getattr(inputs, "_trace", None) is getattr(rec.top, "_trace", False):
+            rec.collect.setdefault(path, []).append(jnp.ravel(inputs))
+        else:  # inside a transform within the jitted pass
+            rec.traced = True
+        return
     if isinstance(inputs, jax.core.Tracer):  # inside a transform: read it when it runs
+        rec.traced = True
         jax.debug.callback(lambda x: rec.ids[path].append(np.asarray(x).ravel()), inputs)
     else:
         rec.ids[path].append(np.asarray(inputs).ravel())
