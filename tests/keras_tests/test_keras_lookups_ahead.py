@@ -68,3 +68,27 @@ def test_the_report_is_the_plain_ways_value_for_value(name):
         assert modes == plain_modes[1:]  # the same passes without the lookups pass
     else:
         assert modes[0] is True and modes[options.get("steps", 1) :] == plain_modes
+
+
+def test_only_the_first_train_pass_on_a_batch_records_its_lookups(monkeypatch):
+    """Later steps look up the same ids: they run without the id recorder."""
+    from pytest_padaudit.adapters.keras import passes
+
+    made: list[object] = []
+
+    class Counted(passes.SeenIds):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(passes, "SeenIds", Counted)
+    counts = []
+    for steps in (1, 3):
+        keras.utils.set_random_seed(0)
+        opts = AuditOptions.from_kwargs(steps=steps, pad_idx=0)
+        handle = adapt(seed_model(masked=False), opts)
+        made.clear()
+        assert not run_audit(handle, opts).passed
+        assert handle.recorded_lookups() is not None  # complete on this backend
+        counts.append(len(made))
+    assert counts[0] >= 1 and counts[1] == counts[0]

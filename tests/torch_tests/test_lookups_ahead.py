@@ -78,3 +78,32 @@ def test_the_report_is_the_plain_ways_value_for_value(name):
     else:  # one train pass per step spent on the guess, then the plain way
         assert len(calls) == plain_calls + steps
     assert any(t["skipped"] for t in plain["tables"]) or name != "positions-pad-given"
+
+
+def test_only_the_first_train_pass_on_a_batch_records_its_lookups(monkeypatch):
+    """Later steps look up the same ids: they run without the recorder; a new batch records."""
+    import numpy as np
+
+    from pytest_padaudit.adapters.torch import passes
+
+    made: list[object] = []
+
+    class Counted(passes.Lookups):
+        def __init__(self, path_of: dict) -> None:
+            super().__init__(path_of)
+            made.append(self)
+
+    monkeypatch.setattr(passes, "Lookups", Counted)
+    opts = AuditOptions.from_kwargs(pad_idx=0, steps=3)
+    handle = adapt(Tagger(padding_idx=None), opts)
+    assert not run_audit(handle, opts).passed
+    assert len(made) == 1  # three train passes, one recorder
+    seen, batch = handle.recorded_lookups(), handle._seen_of
+    made.clear()
+    plain = handle.lookups(batch)  # the plain way's quiet pass on the same batch
+    assert seen.keys() == plain.keys() and len(made) == 1
+    for path, ids in plain.items():
+        np.testing.assert_array_equal(seen[path], ids)
+    made.clear()
+    run_audit(handle, opts)  # a new batch: recorded again, once
+    assert len(made) == 1 and handle._seen_of is not batch

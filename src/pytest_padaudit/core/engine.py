@@ -25,8 +25,8 @@ from .tables import (
     NO_PAD,
     candidates,
     check_range,
+    guess_token_table,
     in_range,
-    likely_token_table,
     token_tables,
 )
 from .train import Readings, judge_train, measure
@@ -100,7 +100,7 @@ def run_audit(
     """
     tables = handle.tables(opts.pad_idx)
     found = candidates(handle, tables, opts)
-    primary = likely_token_table(handle, found)
+    primary, named = guess_token_table(handle, found)
     given = batch
     if batch is None:
         batch = _batch_for(handle, opts, primary, found)
@@ -117,7 +117,8 @@ def run_audit(
         invariance=None,
         test=test,
     )
-    guess = _guess(handle, opts, found, primary) if ahead else []
+    train = bool({"grad", "update"} & set(opts.checks))
+    guess = _guess(handle, found, primary, named) if ahead and train else []
     with _ONE_AT_A_TIME, handle.preserve(framework_seed(opts.seed)):
         first = measure(handle, batch, guess, opts) if guess else None
         seen = handle.recorded_lookups() if first else None  # type: ignore[attr-defined]
@@ -127,7 +128,8 @@ def run_audit(
             if primary.path not in {t.path for t in audited}:  # the guess was no token table
                 batch = _batch_for(handle, opts, audited[0], audited)
                 report.batch, report.batch_text = batch.to_dict(), batch.describe()
-            _checks(handle, batch, audited, opts, report, first)
+            readings = first or (measure(handle, batch, audited, opts) if train else None)
+            _checks(handle, batch, audited, opts, report, readings)
     if wrong:
         return run_audit(handle, opts, test, given, ahead=False)
     for finding in report.findings:
@@ -135,14 +137,12 @@ def run_audit(
     return report
 
 
-def _guess(
-    handle: ModelHandle, opts: AuditOptions, found: list[Table], primary: Table
-) -> list[Table]:
+def _guess(handle: ModelHandle, found: list[Table], primary: Table, named: bool) -> list[Table]:
     """Return the tables the lookups will most likely keep, when the train pass can record
-    them (else none): the model's input table where it names one, else every pad table."""
-    if not capabilities(handle).train_lookups or not {"grad", "update"} & set(opts.checks):
+    them (else none): ``primary`` where the model named it its input table, else every pad
+    table."""
+    if not capabilities(handle).train_lookups:
         return []
-    named = capabilities(handle).input_table and handle.input_table() == primary.path  # type: ignore[attr-defined]
     guess = [primary] if named else found
     return guess if all(in_range(t) for t in guess) else []
 
@@ -153,18 +153,17 @@ def _checks(
     audited: list[Table],
     opts: AuditOptions,
     report: AuditReport,
-    first: Readings | None,
+    readings: Readings | None,
 ) -> None:
-    """Run the data, train and invariance checks on the audited tables."""
+    """Run the data checks, judge the train ``readings`` (None: no grad or update check)
+    and run the invariance check on the audited tables."""
     if batch.inputs is not None:
         fixes = capabilities(handle).pipeline_fixes or GENERIC_FIXES
         report.findings += data_findings(batch.inputs, batch.pad_idx, audited[0].path, fixes)
-    train = bool({"grad", "update"} & set(opts.checks))
-    if train:
-        readings = first or measure(handle, batch, audited, opts)
+    if readings is not None:
         judge_train(handle, audited, readings, opts, report)
     if "invariance" in opts.checks:
-        if train and capabilities(handle).reset:
+        if readings is not None and capabilities(handle).reset:
             handle.reset()  # every check measures the model as the user handed it over
         report.invariance = check_invariance(handle, batch, audited, opts, report)
         if opts.step is not None:

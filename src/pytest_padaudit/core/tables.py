@@ -54,13 +54,18 @@ def candidates(handle: ModelHandle, tables: Sequence[Table], opts: AuditOptions)
 def likely_token_table(handle: ModelHandle, found: Sequence[Table]) -> Table:
     """Guess the token table before the probe: the model's input table, else one with a
     pad id of its own, else the largest."""
+    return guess_token_table(handle, found)[0]
+
+
+def guess_token_table(handle: ModelHandle, found: Sequence[Table]) -> tuple[Table, bool]:
+    """Return :func:`likely_token_table` and whether the model named it (its input table)."""
     # input_table() is optional (probed by capabilities()), so not in the ModelHandle protocol
     path = handle.input_table() if capabilities(handle).input_table else None  # type: ignore[attr-defined]
     for t in found:
         if t.path == path:
-            return t
+            return t, True
     own = [t for t in found if _has_own_pad(t)]
-    return max(own or found, key=lambda t: t.rows)
+    return max(own or found, key=lambda t: t.rows), False
 
 
 def in_range(t: Table) -> bool:

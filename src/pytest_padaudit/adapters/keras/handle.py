@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, cast
@@ -18,17 +18,12 @@ import numpy as np
 from ...core.base import BaseHandle
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
-from ...core.handle import ROOT, OptimizerInfo, Table, Trace
+from ...core.handle import ROOT, OptimizerInfo, Table
 from ...core.options import AuditOptions
 from . import explain as keras_words
+from . import passes
 from .backends import backend_for
-from .calls import (
-    floating_tensors,
-    keras_mask,
-    named_layers,
-    recorded_calls,
-    variable_names,
-)
+from .calls import floating_tensors, keras_mask, named_layers
 from .feed import (
     PIPELINE_FIXES,
     BatchLayout,
@@ -41,11 +36,9 @@ from .feed import (
     step_loss,
 )
 from .hub_hints import pad_hint
-from .lookups import SeenIds, TableCalls
-from .noise import noise_at_pads
 from .optim import PadRowStepper, elementwise
 from .snippet import snippet
-from .state import build_optimizer, restore_losses, saved_losses, training_scope
+from .state import build_optimizer, restore_losses, saved_losses, training_scope, unique
 from .tables import (
     base_variable,
     constraint,
@@ -96,8 +89,10 @@ class KerasHandle(BaseHandle):
         self.grad_sources: dict[str, tuple[float, float | None]] = {}
         #: per tied table: the last train pass's pad-row gradient through the logits head.
         self._heads: dict[str, np.ndarray] = {}
-        #: the ids each table was looked up with in the last train pass (None: not known).
+        #: the ids each table was looked up with in the train passes on ``_seen_of`` (None:
+        #: not known, some were traced).
         self._seen: dict[str, np.ndarray] | None = None
+        self._seen_of: PadBatch | None = None
         self.last_batch: PadBatch | None = None
         #: the dict inputs a keras-hub style model takes ({name: (role, dtype)}), else None.
         self._roles = dict_inputs(model)
@@ -164,7 +159,7 @@ class KerasHandle(BaseHandle):
         O(vocab) copy is made unless an optimizer that is not element-wise steps them.
         """
         backend = self.backend
-        variables = _unique([backend.raw(v) for v in self.model.variables])
+        variables = unique([backend.raw(v) for v in self.model.variables])
         skip = {id(table) for _, table, _ in self._row_tables()}
         self._saved = [(v, backend.snapshot(v)) for v in variables if id(v) not in skip]
         losses = saved_losses([self.model] + [layer for _, layer in self.named])
@@ -301,92 +296,19 @@ class KerasHandle(BaseHandle):
             mask = None
         return plan.weights(index, tuple(tensor.shape), mask=mask)
 
-    def _require_trainable(self) -> list[Any]:
-        variables = _unique(self.model.trainable_variables)
-        if not variables:
-            raise PadAuditError(
-                f"{self.model_class} has no trainable variables, so no gradient can leak: "
-                "unfreeze the model (model.trainable = True) for the audit"
-            )
-        return variables
+    # -- the lookups and train passes, bound from passes.py --------------------------
+    _require_trainable = passes.require_trainable
+    lookups = passes.lookups
+    train_pass = passes.train_pass
+    recorded_lookups = passes.recorded_lookups
 
-    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
-        """Run one inference pass; return the distinct ids each table looked up."""
-        seen = SeenIds(self.backend, list(self._layers))
-        losses = saved_losses([self.model] + [layer for _, layer in self.named])
-        try:
-            with self.backend.no_grad(), recorded_calls(list(self._layers.items()), seen.record):
-                self.forward(self.tensors(batch, training=False))
-        finally:
-            restore_losses(losses)
-        return seen.result()
-
-    def recorded_lookups(self) -> dict[str, np.ndarray] | None:
-        """Return the ids each table was looked up with in the last train pass (None:
-        some were traced, not known)."""
-        return self._seen
-
+    # -- update ----------------------------------------------------------------------
     def head_grads(self) -> dict[str, np.ndarray]:
         """Return each tied table's pad-row gradient through the logits head (last pass)."""
         return dict(self._heads)
 
-    def train_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
-    ) -> dict[str, np.ndarray | None]:
-        self._require_trainable()
-        self.last_batch = batch
-        kb = self.tensors(batch, training=True)
-        targets = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
-        audited = {t.path for t in tables}
-        recorded: list[TableCalls] = []
-        seen: list[SeenIds] = []
-
-        def run(tap: Any) -> tuple[Any, list[Any]]:
-            calls = TableCalls(self.backend, tap)
-            ids = SeenIds(self.backend, list(self._layers))
-            recorded[:], seen[:] = [calls], [ids]
-
-            def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> Any:
-                ids.record(path, layer, args, kwargs, out)
-                return calls.record(path, layer, args, kwargs, out) if path in audited else None
-
-            with recorded_calls(list(self._layers.items()), record):
-                output = self.forward(kb)
-            return self.loss(output, kb, plan), calls.tensors()
-
-        done = self.backend.gradients(run, targets, taps=True)
-        opts = self.options
-        given = "step=" if opts.step is not None else "loss=" if callable(opts.loss) else ""
-        if given and not any(map(self.backend.connected, done.grads + done.taps)):
-            raise PadAuditError(
-                f"the {given} callable's result does not depend on the embedding tables, so no "
-                f"gradient can reach a pad row: pass {given}callable that computes the loss from "
-                "the model's output"
-            )
-        by_var = dict(zip(map(id, targets), done.grads, strict=True))
-        self._grads = [(by_var[id(v)], v) for v in targets if by_var[id(v)] is not None]
-        pads = {t.path: cast(int, t.pad_idx) for t in tables}
-        through, self._heads = recorded[0].pad_rows(done.taps, done.aux, pads)
-        self._seen = seen[0].result() if seen[0].complete else None
-        result: dict[str, np.ndarray | None] = {}
-        for t in tables:
-            layer = self._layers[t.path]
-            base = base_variable(layer)
-            own = self.backend.pad_row(by_var.get(id(base)), cast(int, t.pad_idx))
-            lookup = through.get(t.path)
-            direct = getattr(layer, "lora_enabled", False) or t.path in self._heads
-            if direct and lookup is None and own is not None:
-                lookup = np.zeros_like(own)  # looked up nowhere that reaches the loss
-            result[t.path] = lookup if direct else own
-            self._pad_grads[t.path] = own
-            self.grad_sources[t.path] = (
-                _peak(own if own is not None else lookup),
-                None if lookup is None else _peak(lookup),
-            )
-        return result
-
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
-        variables = _unique([v for t in tables for v in table_variables(self._layers[t.path])])
+        variables = unique([v for t in tables for v in table_variables(self._layers[t.path])])
         if not variables:  # every table frozen: nothing for an optimizer to move
             return OptimizerInfo("SGD")
         origin = None
@@ -426,22 +348,10 @@ class KerasHandle(BaseHandle):
         self._grads = []
         self._stepper = None
 
-    def _invariance_run(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
-    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[Any]]:
-        """One quiet differentiated pass (``perturb``: seeded noise at the pad vectors)."""
-        variables = self._require_trainable()
-        kb = self.tensors(batch, training=False)
-        backend = self.backend
-
-        def run(tap: Any) -> tuple[Any, list[Any]]:
-            with noise_at_pads(backend, self._layers, tables, perturb):
-                output = self.forward(kb)
-            return self.loss(output, kb, plan), list(floating_tensors(output, backend))
-
-        done = backend.gradients(run, variables)
-        names = variable_names(variables)
-        return zip(names, map(id, variables), done.grads, strict=True), list(done.aux)
+    # -- invariance and trace, the passes bound from passes.py -----------------------
+    _invariance_run = passes.invariance_run
+    trace = passes.trace
+    _traced_layers = passes.traced_layers
 
     def _table_keys(self, table: Table) -> list[Hashable]:
         variables = table_variables(self._layers[table.path])
@@ -453,45 +363,6 @@ class KerasHandle(BaseHandle):
     def _to_numpy(self, value: Any) -> np.ndarray:
         return self.backend.dense(value)
 
-    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
-        """Record each layer's full floating inputs and outputs (``perturb``: as above)."""
-        trace = Trace(owner=self.model_class)
-        kb = self.tensors(batch, training=False)
-        backend = self.backend
-
-        def record(path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            inputs = [backend.to_numpy(t) for t in floating_tensors([args, kwargs], backend)]
-            outputs = [backend.to_numpy(t) for t in floating_tensors(out, backend)]
-            trace.entries.append((path, inputs, outputs))
-
-        noise = noise_at_pads(backend, self._layers, self._audited, perturb)
-        with backend.no_grad(), noise, recorded_calls(self._traced_layers(), record):
-            self.forward(kb)
-        return trace
-
-    def _traced_layers(self) -> list[tuple[str, Any]]:
-        """Return the layers whose calls line up between two batch widths.
-
-        Left out: the cells inside an RNN (called once per time step, so step k is a
-        different position in each batch) and ``go_backwards`` layers (their sequence
-        output runs backwards; the Bidirectional around one is traced instead), and the
-        inner layers of a MultiHeadAttention (its softmax over the pad keys is the
-        attention's fault, and the attention is named).
-        """
-        units = (self.keras.layers.RNN, self.keras.layers.MultiHeadAttention)
-        skipped: list[str] = []
-        traced = []
-        for path, layer in self.named:
-            if any(path.startswith(prefix + ".") for prefix in skipped):
-                continue
-            if isinstance(layer, units):
-                skipped.append(path)
-            if getattr(layer, "go_backwards", False):
-                skipped.append(path)
-                continue
-            traced.append((path, layer))
-        return traced
-
     # -- words -----------------------------------------------------------------------
     def takes_padding_mask(self) -> bool:
         """Say whether the audit feeds the model a padding mask input (keras-hub style)."""
@@ -502,11 +373,3 @@ class KerasHandle(BaseHandle):
         if path == ROOT:
             return self.model
         return dict(self.named).get(path) if path else None
-
-
-def _unique(variables: Sequence[Any]) -> list[Any]:
-    return list({id(v): v for v in variables}.values())
-
-
-def _peak(row: np.ndarray | None) -> float:
-    return 0.0 if row is None or row.size == 0 else float(np.abs(row).max())

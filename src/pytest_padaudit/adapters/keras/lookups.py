@@ -9,6 +9,7 @@ the lookup part sums that gradient over the pad positions; the head part is
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -21,18 +22,20 @@ class TableCalls:
     """Record the lookups and the tied-head calls of tables during one differentiated pass.
 
     Each recorded output goes through ``tap``, so that the pass returns its gradient.
+    Only the tables at ``paths`` are recorded.
     """
 
-    def __init__(self, backend: Backend, tap: Tap) -> None:
+    def __init__(self, backend: Backend, tap: Tap, paths: Collection[str]) -> None:
         self.backend = backend
         self.tap = tap
+        self.paths = paths
         #: (path, layer, tensors) per call in tap order: a lookup keeps (ids,), a tied
         #: head (hidden states, logits).
         self.calls: list[tuple[str, Any, tuple[Any, ...]]] = []
 
     def record(self, path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> Any:
         """Keep one table call and return its tapped output (a ``calls.Recorder``)."""
-        if not self.backend.is_floating(out):
+        if path not in self.paths or not self.backend.is_floating(out):
             return None
         if is_reverse_call(args, kwargs):
             if not (getattr(layer, "tie_weights", False) and args):

@@ -14,6 +14,11 @@ from typing import Any
 from ...core.errors import PadAuditError
 
 
+def unique(variables: Sequence[Any]) -> list[Any]:
+    """Return ``variables`` without repeats (by identity), in order."""
+    return list({id(v): v for v in variables}.values())
+
+
 def saved_losses(layers: Sequence[Any]) -> list[tuple[Any, Any]]:
     """Snapshot the loss lists a forward pass refills (activity regularizers, add_loss)."""
     saved = []

@@ -5,29 +5,28 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ...core.base import BaseHandle
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
-from ...core.handle import ROOT, OptimizerInfo, Table, Trace, pad_for
+from ...core.handle import ROOT, OptimizerInfo, Table, pad_for
 from ...core.options import AuditOptions
+from . import passes
 from .explain import CONSTANT_LOSS, EXPLAIN
 from .feed import PIPELINE_FIXES, batch_arrays, step_loss
-from .noise import noise_at_pads
 from .optim import PadRowStepper, carried_optimizer, pad_row_grad
 from .params import is_leaf as _is_leaf
 from .params import weight as _weight
 from .snippet import snippet
 from .state import can_be_sparse, floating_tensors, rows_of, to_numpy
-from .tables import Lookups, check_usable, compiled, uncompiled, untied
+from .tables import check_usable, compiled, uncompiled
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 _ROOT = ROOT
@@ -75,8 +74,9 @@ class TorchHandle(BaseHandle):
         self._path_of: dict[int, str] = {}
         #: the pad-row gradient through tied heads, from the last train_pass.
         self._heads: dict[str, np.ndarray] = {}
-        #: the ids each table was looked up with in the last train pass.
+        #: the ids each table was looked up with in the train passes on ``_seen_of``.
         self._seen: dict[str, np.ndarray] = {}
+        self._seen_of: PadBatch | None = None
         self._audited: list[Table] = []
         #: (tensor, copy) pairs put back when the audit ends; whole tables join when needed.
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -314,107 +314,23 @@ class TorchHandle(BaseHandle):
         on_device = torch.from_numpy(np.asarray(weights)).to(tensor.device)
         return (tensor.float() * on_device).sum()
 
-    def _backward(self, batch: PadBatch, plan: LossPlan) -> tuple[TorchBatch, Any]:
-        for p in self.model.parameters():
-            p.grad = None
-        tb = self._tensors(batch)
-        output = self._forward(tb)
-        loss = self._loss(output, tb, plan)
-        loss.backward()
-        if not any(p.grad is not None for p in self.model.parameters()):
-            raise PadAuditError(CONSTANT_LOSS)
-        self._last = (batch, plan, loss.detach())
-        return tb, output
+    # -- the lookups and train passes, bound from passes.py --------------------------
+    _backward = passes.backward
+    lookups = passes.lookups
+    train_pass = passes.train_pass
+    _keep_weight = passes.keep_weight
+    recorded_lookups = passes.recorded_lookups
 
-    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
-        """Record the ids each table's weight is looked up with (F.embedding/embedding_bag,
-        through the layer or called directly) in one quiet forward pass."""
-        recorder = Lookups(self._path_of)
-        tb = self._tensors(batch)
-        moved = [  # what a forward pass can change: buffers, max_norm tables
-            *self.model.buffers(),
-            *(layer.weight for layer in self._layers.values() if layer.max_norm is not None),
-        ]
-        saved = [(t, t.detach().clone()) for t in dict.fromkeys(moved)]
-        try:
-            with self._quiet(), torch.no_grad(), recorder:
-                self._forward(tb)
-        finally:
-            with torch.no_grad():
-                for t, value in saved:
-                    t.copy_(value)
-        return recorder.unique()
-
-    def _closure(self) -> torch.Tensor:
-        """Re-run the last train pass and return its loss (LBFGS-style ``step(closure)``)."""
-        assert self._last is not None
-        batch, plan, _ = self._last
-        with torch.enable_grad():
-            self._backward(batch, plan)
-        return self._last[2]
-
-    def train_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
-    ) -> dict[str, np.ndarray | None]:
-        """Return the pad-row gradients through the lookups; keep tied heads' parts apart.
-
-        During the pass each tied head holds a separate leaf sharing the weight's storage,
-        so autograd gives the head's part to the leaf and the lookups' part to the table;
-        the table then gets their sum, the gradient training would step with.
-        """
-        self.model.train()
-        self._heads = {}
-        self._computed = {}
-        hooks = [
-            layer.register_forward_pre_hook(self._keep_weight(t.path))
-            for t in tables
-            if not _is_leaf(layer := self._layers[t.path])
-        ]
-        recorder = Lookups(self._path_of)
-        try:
-            with untied(self.model, self._layers, tables) as leaves, parametrize.cached(), recorder:
-                self._backward(batch, plan)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        self._seen = recorder.unique()
-        grads = {t.path: self._pad_grad(t) for t in tables}
-        for t in tables:
-            parts = [leaf.grad for leaf in leaves.get(t.path, ()) if leaf.grad is not None]
-            if t.path not in leaves:
-                continue
-            weight = self._layers[t.path].weight
-            head = sum(parts[1:], parts[0]) if parts else torch.zeros_like(weight)
-            self._heads[t.path] = to_numpy(head[t.pad_idx])
-            if parts:  # the full gradient, as training would step with
-                own = weight.grad
-                weight.grad = head if own is None else own.to_dense() + head
-        return grads
-
-    def recorded_lookups(self) -> dict[str, np.ndarray]:
-        """Return the ids each table was looked up with in the last train pass."""
-        return dict(self._seen)
-
-    def head_grads(self) -> dict[str, np.ndarray]:
-        return dict(self._heads)
-
-    def _keep_weight(self, path: str) -> Callable[[nn.Module, Any], None]:
-        """Keep the computed weight a call uses, so its gradient can be read."""
-
-        def keep(module: nn.Module, args: Any) -> None:
-            weight = cast(torch.Tensor, module.weight)
-            if weight.requires_grad:
-                weight.retain_grad()
-                self._computed.setdefault(path, []).append(weight)
-
-        return keep
-
+    # -- gradients and update --------------------------------------------------------
     def _pad_grad(self, table: Table) -> np.ndarray | None:
         if table.path in self._computed:  # a parametrized table: its computed weight's grad
             rows = [w.grad[table.pad_idx] for w in self._computed[table.path] if w.grad is not None]
             return to_numpy(sum(rows[1:], rows[0])) if rows else None
         grad = pad_row_grad(self._layers[table.path].weight, cast(int, table.pad_idx))
         return None if grad is None else to_numpy(grad)
+
+    def head_grads(self) -> dict[str, np.ndarray]:
+        return dict(self._heads)
 
     def make_optimizer(self, tables: Sequence[Table], spec: Any) -> OptimizerInfo:
         pairs: dict[tuple[int, int], tuple[nn.Parameter, int]] = {}
@@ -443,27 +359,17 @@ class TorchHandle(BaseHandle):
                 layer.sparse = flag
         return OptimizerInfo(stepper.name, stepper.weight_decay, stepper, origin, note)
 
+    _closure = passes.closure
+
     def step(self, optimizer: OptimizerInfo) -> None:
         if optimizer.state is not None:
             optimizer.state.step(self._closure)
 
-    @contextmanager
-    def _quiet(self) -> Iterator[None]:
-        """Turn train-only randomness off; batch norm keeps using batch statistics."""
-        self.model.eval()
-        for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
-        yield
-
-    def _invariance_run(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
-    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[torch.Tensor]]:
-        """One quiet backward pass (``perturb``: seeded noise at the pad vectors)."""
-        with self._quiet(), noise_at_pads(self._layers, tables, perturb):
-            _, output = self._backward(batch, plan)
-        grads = [(name, id(p), p.grad) for name, p in self.model.named_parameters()]
-        return grads, list(floating_tensors(output))
+    # -- invariance and trace, the passes bound from passes.py -----------------------
+    _quiet = passes.quiet
+    _invariance_run = passes.invariance_run
+    trace = passes.trace
+    _hooked_forward = passes.hooked_forward
 
     def _table_keys(self, table: Table) -> list[Hashable]:
         """Return the table's weights (a parametrized table: its originals)."""
@@ -475,32 +381,6 @@ class TorchHandle(BaseHandle):
 
     def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
         return to_numpy(value)
-
-    def trace(self, batch: PadBatch, perturb: int | None = None) -> Trace:
-        """Record each module's full floating inputs and outputs (``perturb``: as above)."""
-        trace = Trace(owner=self.model_class)
-        names = {module: path for path, module in self.model.named_modules()}
-        modules = list(names)
-        tb = self._tensors(batch)
-
-        def full(values: Any) -> list[np.ndarray]:
-            return [to_numpy(t) for t in floating_tensors(values)]
-
-        def record(module: nn.Module, args: Any, output: Any) -> None:
-            trace.entries.append((names.get(module, "?"), full(args), full(output)))
-
-        self._hooked_forward(tb, perturb, [m.register_forward_hook(record) for m in modules])
-        return trace
-
-    def _hooked_forward(self, tb: TorchBatch, perturb: int | None, hooks: list[Any]) -> None:
-        """Run one quiet forward pass (``perturb``: pad noise), then remove ``hooks``."""
-        try:
-            noise = noise_at_pads(self._layers, self._audited, perturb)
-            with self._quiet(), torch.no_grad(), noise:
-                self._forward(tb)
-        finally:
-            for hook in hooks:
-                hook.remove()
 
     # -- words -----------------------------------------------------------------------
     def explain(
