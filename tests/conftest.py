@@ -29,6 +29,28 @@ def pytest_configure() -> None:
         torch.optim.SGD([table], lr=0.1).step()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Run the suite on every core: pytest-xdist's ``-n auto --dist loadfile`` unless ``-n``.
+
+    Set here rather than in ``addopts`` so that ``pytest examples`` (no pytest-xdist in the
+    quickstart's install) and the inner pytest runs are left alone: this conftest is loaded
+    only when ``tests/`` is what runs. ``-p no:xdist`` or ``-n 0`` runs in one process.
+    Runs before xdist's own ``pytest_cmdline_main`` (registered later, so called first).
+    ``loadfile``: one worker runs a whole file, so the module-scoped fixtures (the Keras
+    backend runs, each starting a pytest per backend) and the zoo's per-model rows are
+    computed once, not once per worker. (``loadgroup`` would not group: pytest-xdist 3.8
+    tags the grouped tests through ``item._nodeid``, which pytest 9 no longer reads.)
+    """
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a pytest started by a worker's test
+        return
+    if config.option.numprocesses is None and config.option.dist == "no":
+        config.option.numprocesses = "auto"
+        config.option.dist = "loadfile"
+
+
 def _installed(name: str) -> bool:
     """Say whether the distribution ``name`` is installed (without importing it)."""
     try:

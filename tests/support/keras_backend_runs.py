@@ -138,7 +138,9 @@ class ZooRuns:
         env = backend_env(
             backend, self.tmp / "keras_home", PADAUDIT_VERDICTS=str(self._verdicts(backend))
         )
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"]
+        # one process: tests/conftest.py would run the inner file on every core too
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        command.append("-rA")
         # the files outlive this call: _finish reads and closes them
         out = tempfile.TemporaryFile("w+")  # noqa: SIM115
         err = tempfile.TemporaryFile("w+")  # noqa: SIM115
