@@ -82,7 +82,19 @@ def worker(rank: int, port: int, wrap: str, masked: bool, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         from pytest_padaudit import audit
+        from pytest_padaudit.adapters.torch.dist import FSDPHandle
+        from pytest_padaudit.adapters.torch.handle import TorchHandle
 
+        passes: list[str] = []  # which passes the audit ran, in order
+        counted_methods = [(TorchHandle, "lookups"), (FSDPHandle, "lookups")]
+        for cls, name in [*counted_methods, (TorchHandle, "train_pass")]:
+            method = cls.__dict__[name]
+
+            def counted(self, *args, _method=method, _name=name, **kwargs):
+                passes.append(_name)
+                return _method(self, *args, **kwargs)
+
+            setattr(cls, name, counted)
         truth = ground_truth(build(masked))
         model = build(masked)
         if wrap == "ddp":
@@ -107,6 +119,7 @@ def worker(rank: int, port: int, wrap: str, masked: bool, out_dir: str) -> None:
             "grad": table.grad,
             "update": table.update,
             "seconds": seconds,
+            "passes": passes,
         }
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
             json.dump(result, fh)
@@ -157,6 +170,10 @@ def test_wrapped_model_same_verdict_on_every_rank(wrap, masked, tmp_path):
     assert ("invariance" in checks) == truth["invariance_leak"] == (not masked)
     assert first["passed"] == masked
     assert first["model"].startswith("DistributedDataParallel" if wrap == "ddp" else "FSDP2")
+    # one train pass, which also records the lookups: no quiet lookups pass, no re-run (FSDP2
+    # too, where the ids still reach the table's own weight)
+    expected = ["train_pass"]
+    assert first["passes"] == expected, first["passes"]
     assert ("update" in checks) == (not masked)  # SGD on a row with gradient moves it
     if not masked:
         assert first["grad"] > 0 and first["update"] > 0

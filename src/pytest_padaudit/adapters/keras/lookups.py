@@ -80,19 +80,32 @@ class TableCalls:
 
 
 class SeenIds:
-    """Record the distinct ids each table looks up (a ``calls.Recorder``)."""
+    """Record the distinct ids each table looks up (a ``calls.Recorder``).
 
-    def __init__(self, backend: Backend, paths: list[str]) -> None:
+    ``keep``: keep each call's id tensor in :attr:`kept` instead (a jitted pass returns
+    them as outputs, then :meth:`add` takes their values).
+    """
+
+    def __init__(self, backend: Backend, paths: list[str], *, keep: bool = False) -> None:
         self.backend = backend
         self.seen: dict[str, list[np.ndarray]] = {path: [] for path in paths}
         #: False once a call's ids were not known (traced): the record is incomplete.
         self.complete = True
+        self.keep = keep
+        #: (path, id tensor) per lookup, when ``keep``.
+        self.kept: list[tuple[str, Any]] = []
 
     def record(self, path: str, layer: Any, args: tuple, kwargs: dict, out: Any) -> None:
         ids = lookup_ids(self.backend, layer, args, kwargs)
         if ids is None:
             return
-        values = self.backend.values(ids)
+        if self.keep:
+            self.kept.append((path, ids))
+            return
+        self.add(path, self.backend.values(ids))
+
+    def add(self, path: str, values: np.ndarray | None) -> None:
+        """Add one lookup's ids (None: not known, so the record is incomplete)."""
         if values is None:
             self.complete = False
             return

@@ -16,6 +16,7 @@ import numpy as np
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
 from ...core.handle import Table, Trace
+from .backends.base import Pass
 from .calls import Recorder, floating_tensors, recorded_calls, variable_names
 from .lookups import SeenIds, TableCalls
 from .noise import noise_at_pads
@@ -23,7 +24,7 @@ from .state import restore_losses, saved_losses, unique
 from .tables import base_variable, table_variables
 
 if TYPE_CHECKING:
-    from .handle import KerasHandle
+    from .handle import KerasBatch, KerasHandle
 
 
 def _recorded(
@@ -91,7 +92,13 @@ def train_pass(
             output = self.forward(kb)
         return self.loss(output, kb, plan), calls.tensors()
 
-    done = self.backend.gradients(run, targets, taps=True)
+    fast = _jit_train(self, kb, plan, targets, audited, fresh) if _jitted(self, kb) else None
+    if fast:
+        grads, tapped, table_calls, ids_seen, values = fast
+        done = Pass(grads, tapped, values)
+        recorded[:], seen[:] = [table_calls], [ids_seen]
+    else:
+        done = self.backend.gradients(run, targets, taps=True)
     opts = self.options
     given = "step=" if opts.step is not None else "loss=" if callable(opts.loss) else ""
     if given and not any(map(self.backend.connected, done.grads + done.taps)):
@@ -139,9 +146,32 @@ def invariance_run(
             output = self.forward(kb)
         return self.loss(output, kb, plan), list(floating_tensors(output, backend))
 
-    done = backend.gradients(run, variables)
+    jit = perturb is None and _jitted(self, kb)
+    fast = _jit_invariance(self, kb, plan, variables) if jit else None
+    done = Pass(fast[0], [], fast[1]) if fast else backend.gradients(run, variables)
     names = variable_names(variables)
     return zip(names, map(id, variables), done.grads, strict=True), list(done.aux)
+
+
+def _jitted(self: KerasHandle, kb: KerasBatch) -> bool:
+    """Say whether this audit's passes run jitted (Keras on jax, the default call)."""
+    if self.backend.name != "jax":
+        return False
+    from . import jitted
+
+    return jitted.jittable(self, kb)
+
+
+def _jit_train(self: KerasHandle, *args: Any) -> Any:
+    from . import jitted
+
+    return jitted.train(self, *args)
+
+
+def _jit_invariance(self: KerasHandle, *args: Any) -> Any:
+    from . import jitted
+
+    return jitted.invariance(self, *args)
 
 
 def trace(self: KerasHandle, batch: PadBatch, perturb: int | None = None) -> Trace:
