@@ -96,11 +96,10 @@ def test_only_the_first_train_pass_on_a_batch_records_its_lookups(
     plain lookups pass on the same batch. Jitted (no forward=) and eager passes alike."""
     import numpy as np
 
-    from pytest_padaudit.adapters.flax import handle as flax_handle
-    from pytest_padaudit.adapters.flax import jitted
+    from pytest_padaudit.adapters.flax import jitted, passes
 
     made: list[str] = []
-    for module, name in ((flax_handle, "_distinct"), (jitted, "ids_of")):
+    for module, name in ((passes, "distinct"), (jitted, "ids_of")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name: made.append(_n) or _r(*a))
     forward = None if jit else (lambda model, batch: model(batch.ids))
@@ -109,7 +108,7 @@ def test_only_the_first_train_pass_on_a_batch_records_its_lookups(
     )
     handle = adapt(ZOO["unmasked_mean"](), opts)
     assert not run_audit(handle, opts).passed
-    assert made == ["ids_of" if jit else "_distinct"]  # three train passes, one record
+    assert made == ["ids_of" if jit else "distinct"]  # three train passes, one record
     seen, batch = handle.recorded_lookups(), handle._seen_of
     assert seen is not None and batch is not None
     plain = handle.lookups(batch)

@@ -183,7 +183,17 @@ def test_importing_the_plugin_loads_no_framework() -> None:
 
 
 #: the roles every built-in framework subpackage has, under the same file names.
-ROLES = {"__init__", "handle", "tables", "state", "optim", "explain", "noise", "checkpoint"}
+ROLES = {
+    "__init__",
+    "handle",
+    "passes",
+    "tables",
+    "state",
+    "optim",
+    "explain",
+    "noise",
+    "checkpoint",
+}
 
 
 def _adapters() -> list[str]:

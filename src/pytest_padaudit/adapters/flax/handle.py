@@ -16,7 +16,7 @@ subtraction, so no float noise.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,13 +29,12 @@ from flax import nnx
 from ...core.base import BaseHandle
 from ...core.batch import LossPlan, PadBatch
 from ...core.errors import PadAuditError
-from ...core.handle import ROOT, OptimizerInfo, Table, Trace, output_leaves
+from ...core.handle import OptimizerInfo, Table
 from ...core.options import AuditOptions
 from . import explain as words
-from . import jitted, optim
-from .noise import noise_at_pads
-from .state import Snapshot, copy_of, flat, restore, take, unflat
-from .tables import Recorder, Site, find_tables, instrument, path_str, recording
+from . import optim, passes
+from .state import Snapshot, flat, restore, take, unflat
+from .tables import Site, find_tables, path_str
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ class FlaxHandle(BaseHandle):
         return self.seeded_loss(output, fb, plan)
 
     def _floating(self, output: Any) -> list[jax.Array]:
-        return _float_leaves(output)
+        return passes.float_leaves(output)
 
     def _is_scalar(self, value: Any) -> bool:
         return isinstance(value, jax.Array) and value.size == 1
@@ -206,73 +205,6 @@ class FlaxHandle(BaseHandle):
     def _sites_for(self, tables: Sequence[Table]) -> dict[str, Site]:
         return {t.path: self._sites[t.path] for t in tables}
 
-    def train_pass(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table]
-    ) -> dict[str, np.ndarray | None]:
-        """One train-mode step's gradients; return each pad row's part through its lookups.
-
-        The rest (``attend``, direct reads) is kept for :meth:`head_grads`; the full
-        gradient (both parts) is what :meth:`step` applies, as training would. The first
-        pass on ``batch`` records the ids every table is looked up with
-        (:meth:`recorded_lookups`).
-        """
-        snap, params, rest = self._state()
-        fb = self._batch(batch, training=True)
-        sites = self._sites_for(tables)
-        flat_params = flat(params)
-        probes = {t.path: flat_params[sites[t.path].state_path] for t in tables}
-        fresh = self._seen_of is not batch
-        done = jitted.train(self, snap, params, rest, probes, fb, plan, fresh)
-        if done is not None:
-            return self._train_result(batch, tables, rest, done, fresh)
-        rec = Recorder(record_ids=fresh)
-
-        def fn(params: Any, rest: Any, probes: dict) -> tuple[jax.Array, Any]:
-            copy = copy_of(snap, params, rest, training=True)
-            instrument(copy, self._sites)
-            rec.probes = probes
-            with recording(rec):
-                output = self._forward(copy, fb)
-            after = nnx.state(copy, nnx.Param, ...)
-            return self._loss(output, fb, plan), tuple(map(nnx.as_pure, after))
-
-        (_, (p_after, r_after)), grads = self._grad(fn, (0, 2), params, rest, probes)
-        self.attended |= rec.attended
-        if fresh:
-            jax.effects_barrier()
-        seen = None if rec.traced or not fresh else _distinct(rec, self._sites)
-        return self._train_result(batch, tables, rest, (p_after, r_after, grads, seen), fresh)
-
-    def _train_result(
-        self,
-        batch: PadBatch,
-        tables: Sequence[Table],
-        rest: Any,
-        done: tuple[Any, Any, Any, dict[str, np.ndarray] | None],
-        fresh: bool,
-    ) -> dict[str, np.ndarray | None]:
-        """Keep a train pass's state, gradients and recorded ids; return the lookup parts."""
-        p_after, r_after, (g_params, g_lookup), seen = done
-        sites = self._sites_for(tables)
-        if fresh:
-            self._seen, self._seen_of = seen, batch
-        self._params = {**self._params, **_known(flat(p_after), self._params)}
-        self._rest = unflat(_known(flat(r_after), flat(rest)))
-        grads = flat(g_params)
-        result: dict[str, np.ndarray | None] = {}
-        for t in tables:
-            path = sites[t.path].state_path
-            lookup = g_lookup[t.path]
-            result[t.path] = np.asarray(lookup[t.pad_idx], dtype=np.float32)
-            other = grads.get(path)
-            self._head.pop(t.path, None)
-            if other is not None:
-                if bool(jnp.any(other != 0)):
-                    self._head[t.path] = np.asarray(other[t.pad_idx], dtype=np.float32)
-                grads[path] = other + lookup
-        self._grads = grads
-        return result
-
     def head_grads(self) -> dict[str, np.ndarray]:
         """Pad-row gradient through uses other than the lookups (``attend``: tied head)."""
         return dict(self._head)
@@ -300,37 +232,12 @@ class FlaxHandle(BaseHandle):
             stepper, base, self._sites[t.path].state_path, cast(int, t.pad_idx)
         )
 
-    def _invariance_run(
-        self, batch: PadBatch, plan: LossPlan, tables: Sequence[Table], perturb: int | None
-    ) -> tuple[Iterable[tuple[str, Hashable, Any]], list[Any]]:
-        """Gradients of every Param and the outputs, train-only randomness off.
-
-        ``deterministic=True``; batch norm keeps batch statistics. ``perturb``: the token
-        tables emit seeded noise at pad ids.
-        """
-        snap, params, rest = self._state()
-        fb = self._batch(batch, training=False)
-        sites = self._sites_for(tables)
-        rec = Recorder()
-
-        def fn(params: Any, rest: Any) -> tuple[jax.Array, list]:
-            copy = copy_of(snap, params, rest, training=False)
-            if rec.noise is not None:
-                instrument(copy, sites)
-            with recording(rec):
-                output = self._forward(copy, fb)
-            return self._loss(output, fb, plan), _float_leaves(output)
-
-        done = None
-        if perturb is None:  # seeded noise is drawn in NumPy during the call: eager
-            done = jitted.invariance(self, snap, params, rest, fb, plan)
-        if done is not None:
-            outputs, grads = done
-        else:
-            with noise_at_pads(rec, tables, perturb):
-                (_, outputs), grads = self._grad(fn, 0, params, rest)
-        named = [(".".join(map(str, path)), path, grad) for path, grad in flat(grads).items()]
-        return named, outputs
+    train_pass = passes.train_pass
+    _train_result = passes.train_result
+    _invariance_run = passes.invariance_run
+    lookups = passes.lookups
+    recorded_lookups = passes.recorded_lookups
+    trace = passes.trace
 
     def _table_keys(self, table: Table) -> list[Hashable]:
         return [self._sites[table.path].state_path]
@@ -340,58 +247,6 @@ class FlaxHandle(BaseHandle):
 
     def _to_numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value, dtype=np.float32)
-
-    def lookups(self, batch: PadBatch) -> dict[str, np.ndarray]:
-        """Record the ids each table is looked up with in one eval-mode forward pass."""
-        snap, params, rest = self._state()
-        copy = copy_of(snap, params, rest, training=False)
-        instrument(copy, self._sites)
-        rec = Recorder(record_ids=True)
-        with recording(rec):
-            self._forward(copy, self._batch(batch, training=False))
-        jax.effects_barrier()
-        self.attended |= rec.attended
-        return _distinct(rec, self._sites)
-
-    def recorded_lookups(self) -> dict[str, np.ndarray] | None:
-        """Return the ids each table was looked up with in the first train pass on the
-        last batch (None: some lookups ran inside a transform, so :meth:`lookups` runs)."""
-        return self._seen
-
-    def trace(self, batch: PadBatch) -> Trace:
-        """Record each submodule's float inputs and outputs (FULL arrays) in one eval pass.
-
-        NNX has no forward hooks: the private copy's modules get recording subclasses.
-        Modules run inside an NNX transform (the cell of ``nnx.RNN``, under ``nnx.scan``)
-        see traced values and are left out; the module running the transform is recorded.
-        """
-        snap, params, rest = self._state()
-        copy = copy_of(snap, params, rest, training=False)
-        instrument(copy, {}, trace=True)
-        rec = Recorder(tracing=True)
-        with recording(rec):
-            self._forward(copy, self._batch(batch, training=False))
-        return Trace(owner=self.model_class, entries=[e for e in rec.trace if e[0] != ROOT])
-
-
-def _float_leaves(output: Any) -> list[jax.Array]:
-    leaves = output_leaves(output, lambda x: isinstance(x, jax.Array))
-    return [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
-
-
-def _distinct(rec: Recorder, sites: Mapping[str, Site]) -> dict[str, np.ndarray]:
-    """Return the distinct ids ``rec`` saw per table (an empty array for a table unused)."""
-    return {
-        path: np.unique(np.concatenate(rec.ids[path]))
-        if rec.ids.get(path)
-        else np.array([], np.int64)
-        for path in sites
-    }
-
-
-def _known(values: dict, like: dict) -> dict:
-    """Keep the entries of ``values`` whose path ``like`` has (drops sown intermediates)."""
-    return {p: v for p, v in values.items() if p in like}
 
 
 def _at(state: Any, path: tuple[Any, ...]) -> Any:
