@@ -8,7 +8,6 @@ same structure reuses the compiled passes.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from pytest_padaudit.core.engine import adapt, run_audit
 from pytest_padaudit.core.options import AuditOptions
 
 from flax_zoo import PAD, ZOO, Attention, TiedHead
+from support.reports import assert_same_report
 
 MODELS: dict[str, Any] = {
     **ZOO,
@@ -30,33 +30,6 @@ MODELS: dict[str, Any] = {
     "positions": WithPositions,
 }
 SKIP = {"options", "reproduce"}  # these name the forward= the eager run is given
-
-
-def same(a: Any, b: Any, where: str = "report") -> None:
-    """Assert ``a`` and ``b`` agree: equal structure and text, floats to rel 1e-4."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            if key not in SKIP:
-                same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and not isinstance(b, str):
-        assert isinstance(b, float) and (
-            (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-7)
-        ), (where, a, b)
-    elif isinstance(a, str) and isinstance(b, str) and a != b:
-        assert _numbers_blurred(a) == _numbers_blurred(b), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
-
-
-def _numbers_blurred(text: str) -> str:
-    import re
-
-    return re.sub(r"\d+\.\d+(e[-+]?\d+)?", "#", text)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -75,7 +48,7 @@ def test_jitted_and_eager_passes_give_the_same_report(name: str, extra: dict) ->
     quick = run_audit(adapt(MODELS[name](), fast), fast).to_dict()
     assert len(jitted._CACHE) > before or any(e.run for e in jitted._CACHE.values())
     assert not any(e.failed for e in jitted._CACHE.values())  # every zoo model traces
-    same(slow, quick)
+    assert_same_report(slow, quick, skip=SKIP, abs_tol=1e-7)
 
 
 def test_a_second_audit_of_the_structure_compiles_nothing() -> None:

@@ -12,9 +12,7 @@ new seed reuses the compiled passes.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -53,6 +51,8 @@ else:
     from pytest_padaudit.adapters.keras import jitted
     from pytest_padaudit.core.engine import adapt, run_audit
     from pytest_padaudit.core.options import AuditOptions
+
+    from support.reports import assert_same_report
 
     def _ids() -> Any:
         return keras.Input((None,), dtype="int32")
@@ -97,30 +97,6 @@ else:
         "dropout": (dropout, 0),
         "guess_wrong": (masked_pooled, 1),  # told pad 1; the model masks 0
     }
-    SKIP: set[str] = set()
-
-    def same(a: Any, b: Any, where: str = "report") -> None:
-        """Assert ``a`` and ``b`` agree: equal structure and text, floats to rel 1e-4."""
-        if isinstance(a, dict):
-            assert isinstance(b, dict) and a.keys() == b.keys(), where
-            for key in a:
-                if key not in SKIP:
-                    same(a[key], b[key], f"{where}.{key}")
-        elif isinstance(a, list):
-            assert isinstance(b, list) and len(a) == len(b), where
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                same(x, y, f"{where}[{i}]")
-        elif isinstance(a, float) and not isinstance(b, str):
-            assert isinstance(b, float) and (
-                (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
-            ), (where, a, b)
-        elif isinstance(a, str) and isinstance(b, str) and a != b:
-            assert _blurred(a) == _blurred(b), (where, a, b)
-        else:
-            assert a == b, (where, a, b)
-
-    def _blurred(text: str) -> str:
-        return re.sub(r"\d+\.\d+(e[-+]?\d+)?", "#", text)
 
     def _entries() -> list[jitted.Entry]:
         return [e for passes in jitted._CACHE.values() for e in passes.values()]
@@ -144,7 +120,7 @@ else:
         for report in (slow, quick):  # float noise only: the field names its own argmax
             if report["invariance"]["value"] < 1e-6:
                 report["invariance"]["worst"] = None
-        same(slow, quick)
+        assert_same_report(slow, quick, abs_tol=1e-6)
 
     def test_a_second_audit_with_a_new_seed_compiles_nothing() -> None:
         model = attention(True)()
